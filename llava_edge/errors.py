@@ -1,0 +1,36 @@
+"""Typed errors. Every message names the file (when there is one) and the field at fault."""
+
+from __future__ import annotations
+
+import os
+
+
+class LlavaEdgeError(Exception):
+    """Base class of every error llava-edge raises on purpose."""
+
+
+class GGUFError(LlavaEdgeError):
+    """A GGUF file is malformed, unsupported or inconsistent."""
+
+    def __init__(self, path: str | os.PathLike | None, field: str, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.field = field
+        self.problem = problem
+        where = self.path or "<gguf>"
+        super().__init__(f"{where}: {field}: {problem}")
+
+
+class ModelError(LlavaEdgeError):
+    """A model file parses but does not describe a model we can run."""
+
+
+class TokenizerError(LlavaEdgeError):
+    """Tokenizer metadata is missing or inconsistent."""
+
+
+class ConvertError(LlavaEdgeError):
+    """A checkpoint cannot be converted (missing files, unsupported layout, unsafe format)."""
+
+
+class ContextLengthError(LlavaEdgeError):
+    """A prompt does not fit in the model's context."""

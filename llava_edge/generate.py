@@ -1,0 +1,139 @@
+"""The one generation loop. Chat, the CLI and the Python API all iterate `stream_generate`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ContextLengthError
+from .sampling import LogitsProcessor, Sampler, make_sampler
+
+
+@dataclass
+class GenerationResponse:
+    text: str  # text completed by this step (may be empty while a UTF-8 sequence or stop string is open)
+    token: int | None
+    finish_reason: str | None  # None while generating, then "stop" (EOS or stop string) or "length"
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        return self.generation_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+
+def prefill(model, cache, tokens=None, *, input_embeddings=None, chunk: int = 512) -> np.ndarray:
+    """Run the prompt through the model in chunks; returns the logits of its last position."""
+    x = input_embeddings if input_embeddings is not None else np.asarray(tokens, dtype=np.int32)
+    n = len(x)
+    if n == 0:
+        raise ValueError("empty prompt: nothing to condition on")
+    room = cache[0].room
+    if room is not None and n > room:
+        raise ContextLengthError(f"prompt of {n} tokens does not fit: {room} of the context left")
+    logits = None
+    for start in range(0, n, chunk):
+        part = x[start : start + chunk]
+        if input_embeddings is not None:
+            logits = model(cache=cache, input_embeddings=part)
+        else:
+            logits = model(part, cache)
+    return logits
+
+
+def generate_step(
+    model,
+    cache,
+    prompt: Sequence[int] | None = None,
+    *,
+    input_embeddings: np.ndarray | None = None,
+    sampler: Sampler | None = None,
+    logits_processors: Sequence[LogitsProcessor] = (),
+    history: list[int] | None = None,
+    prefill_chunk: int = 512,
+) -> Iterator[int]:
+    """Prefill, then yield sampled tokens forever (the caller stops). `history` (the tokens so far, for
+    repetition penalties) is extended in place."""
+    sampler = sampler or make_sampler(temp=0.0)
+    history = history if history is not None else list(prompt or [])
+    logits = prefill(model, cache, prompt, input_embeddings=input_embeddings, chunk=prefill_chunk)
+    while True:
+        for process in logits_processors:
+            logits = process(history, logits)
+        token = sampler(logits)
+        history.append(token)
+        yield token
+        logits = model(np.array([token], np.int32), cache)
+
+
+def stream_generate(
+    model,
+    tokenizer,
+    cache,
+    prompt: Sequence[int] | None = None,
+    *,
+    input_embeddings: np.ndarray | None = None,
+    max_tokens: int = 256,
+    sampler: Sampler | None = None,
+    logits_processors: Sequence[LogitsProcessor] = (),
+    stop: Sequence[str] = (),
+    prefill_chunk: int = 512,
+) -> Iterator[GenerationResponse]:
+    """Generate and stream text. The last response has finish_reason set and carries the totals."""
+    n_prompt = len(input_embeddings) if input_embeddings is not None else len(prompt or ())
+    decoder = tokenizer.stream()
+    held = ""  # decoded text not yet emitted: it might be the start of a stop string
+    longest_stop = max((len(s) for s in stop), default=0)
+    t0 = time.perf_counter()
+    t_first = None
+    n_gen = 0
+
+    def response(text, token, reason):
+        now = time.perf_counter()
+        prompt_s = (t_first or now) - t0
+        return GenerationResponse(text, token, reason, n_prompt, n_gen, prompt_s, now - (t_first or now))
+
+    steps = generate_step(
+        model,
+        cache,
+        prompt,
+        input_embeddings=input_embeddings,
+        sampler=sampler,
+        logits_processors=logits_processors,
+        prefill_chunk=prefill_chunk,
+    )
+    reason = "length"
+    token = None
+    while n_gen < max_tokens:
+        room = cache[0].room
+        if n_gen > 0 and room is not None and room <= 0:
+            break  # the next step would not fit in the context
+        token = next(steps)
+        if t_first is None:
+            t_first = time.perf_counter()
+        n_gen += 1
+        if token == tokenizer.eos_id:
+            reason = "stop"
+            break
+        held += decoder.push(token)
+        hit = min((i for i in (held.find(s) for s in stop) if i >= 0), default=-1)
+        if hit >= 0:
+            held, reason = held[:hit], "stop"
+            break
+        cut = len(held) - (longest_stop - 1) if longest_stop else len(held)
+        if cut > 0:
+            yield response(held[:cut], token, None)
+            held = held[cut:]
+    if reason == "length":
+        held += decoder.flush()
+    steps.close()
+    yield response(held, token, reason)

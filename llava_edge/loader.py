@@ -1,0 +1,16 @@
+"""Opening model files: a GGUF decoder with its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .gguf_file import GGUFFile
+from .model import Mistral
+from .tokenizer import Tokenizer
+
+
+def load_text_model(path: str | Path) -> tuple[Mistral, Tokenizer]:
+    """A llama-architecture GGUF (Mistral, Llama) -> (model, tokenizer). Weights stay memory-mapped."""
+    f = GGUFFile.open(path)
+    tokenizer = Tokenizer.from_gguf_metadata(f.metadata, path=str(path))
+    return Mistral(f), tokenizer

@@ -1,0 +1,160 @@
+"""The Mistral / Llama decoder (GGUF architecture `llama`), forward on our C++ kernels.
+
+Weights stay in their quantized form, used in place from the memory-mapped GGUF. Q and K rows are stored
+permuted the way llama.cpp's converter writes them, so RoPE here rotates adjacent pairs ("normal" RoPE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels as K
+from .errors import ModelError
+from .ggml_types import SUPPORTED, GGMLType
+from .gguf_file import GGUFFile
+from .kv_cache import make_cache
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    norm_eps: float
+    rope_theta: float
+    context_length: int
+    sliding_window: int | None  # None: full causal attention
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> ModelArgs:
+        arch = f.get("general.architecture")
+        if arch != "llama":
+            raise ModelError(f"{f.path}: general.architecture: expected 'llama', found {arch!r}")
+
+        def need(key: str):
+            value = f.get(f"llama.{key}")
+            if value is None:
+                raise ModelError(f"{f.path}: missing metadata key llama.{key}")
+            return value
+
+        dim, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
+        n_kv_heads = int(f.get("llama.attention.head_count_kv", n_heads))
+        if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads or dim % n_heads:
+            raise ModelError(
+                f"{f.path}: llama.attention.head_count={n_heads} / head_count_kv={n_kv_heads} do not divide "
+                f"embedding_length={dim}"
+            )
+        head_dim = dim // n_heads
+        n_rot = int(f.get("llama.rope.dimension_count", head_dim))
+        if n_rot != head_dim:
+            raise ModelError(f"{f.path}: llama.rope.dimension_count={n_rot}: only full rotary ({head_dim}) is supported")
+        window = f.get("llama.attention.sliding_window")
+        tokens = f.get("tokenizer.ggml.tokens")
+        vocab = int(f.get("llama.vocab_size", len(tokens) if tokens is not None else 0))
+        return cls(
+            dim=dim,
+            n_layers=int(need("block_count")),
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
+            ffn_dim=int(need("feed_forward_length")),
+            vocab_size=vocab,
+            norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+            rope_theta=float(f.get("llama.rope.freq_base", 10000.0)),
+            context_length=int(need("context_length")),
+            sliding_window=int(window) if window else None,
+        )
+
+
+class Linear:
+    """A weight matrix [n_out, n_in] in its stored type, read in place from the mapped file."""
+
+    def __init__(self, f: GGUFFile, name: str, n_in: int, n_out: int):
+        info = f.tensors.get(name)
+        if info is None:
+            raise ModelError(f"{f.path}: tensor {name} is missing")
+        if tuple(info.shape) != (n_in, n_out):
+            raise ModelError(f"{f.path}: tensor {name}: expected shape {(n_in, n_out)}, found {tuple(info.shape)}")
+        if info.type not in SUPPORTED:
+            raise ModelError(f"{f.path}: tensor {name}: type {GGMLType(info.type).name} is not supported")
+        self.name, self.type, self.n_in, self.n_out = name, int(info.type), n_in, n_out
+        self.data = f.raw(name)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # x [n_tok, n_in] -> [n_tok, n_out]
+        return K.matmul(self.data, self.type, self.n_in, x)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:  # embedding lookup -> [len(ids), n_in]
+        return K.get_rows(self.data, self.type, self.n_in, ids)
+
+
+def _norm(f: GGUFFile, name: str, dim: int) -> np.ndarray:
+    info = f.tensors.get(name)
+    if info is None:
+        raise ModelError(f"{f.path}: tensor {name} is missing")
+    if tuple(info.shape) != (dim,) or info.type != GGMLType.F32:
+        raise ModelError(f"{f.path}: tensor {name}: expected F32 of shape ({dim},)")
+    return f.array(name)
+
+
+class Layer:
+    def __init__(self, f: GGUFFile, i: int, a: ModelArgs):
+        p, kv_dim = f"blk.{i}.", a.n_kv_heads * a.head_dim
+        self.attn_norm = _norm(f, p + "attn_norm.weight", a.dim)
+        self.wq = Linear(f, p + "attn_q.weight", a.dim, a.dim)
+        self.wk = Linear(f, p + "attn_k.weight", a.dim, kv_dim)
+        self.wv = Linear(f, p + "attn_v.weight", a.dim, kv_dim)
+        self.wo = Linear(f, p + "attn_output.weight", a.dim, a.dim)
+        self.ffn_norm = _norm(f, p + "ffn_norm.weight", a.dim)
+        self.w_gate = Linear(f, p + "ffn_gate.weight", a.dim, a.ffn_dim)
+        self.w_up = Linear(f, p + "ffn_up.weight", a.dim, a.ffn_dim)
+        self.w_down = Linear(f, p + "ffn_down.weight", a.ffn_dim, a.dim)
+
+
+class Mistral:
+    def __init__(self, f: GGUFFile):
+        a = self.args = ModelArgs.from_gguf(f)
+        self.file = f  # keeps the memory map alive as long as the weights are used
+        self.tok_embeddings = Linear(f, "token_embd.weight", a.dim, a.vocab_size)
+        self.layers = [Layer(f, i, a) for i in range(a.n_layers)]
+        self.norm = _norm(f, "output_norm.weight", a.dim)
+        # Models with tied embeddings have no `output`; llama.cpp then reuses token_embd.
+        name = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
+        self.output = Linear(f, name, a.dim, a.vocab_size)
+
+    def make_cache(self, n_ctx: int | None = None, kv_type: str = "f16"):
+        a = self.args
+        return make_cache(a.n_layers, n_ctx or a.context_length, a.n_kv_heads, a.head_dim, a.sliding_window, kv_type)
+
+    def embed(self, tokens) -> np.ndarray:
+        ids = np.ascontiguousarray(tokens, dtype=np.int32)
+        return self.tok_embeddings.rows(ids)
+
+    def __call__(self, tokens=None, cache=None, *, input_embeddings=None, all_logits: bool = False):
+        """tokens [n] or input_embeddings [n, dim] -> logits [vocab] of the last position ([n, vocab] if
+        all_logits). `cache` is the per-layer list from make_cache(); it advances by n."""
+        a = self.args
+        x = self.embed(tokens) if input_embeddings is None else np.array(input_embeddings, np.float32)
+        n = x.shape[0]
+        pos = np.arange(cache[0].offset, cache[0].offset + n, dtype=np.int32)
+        window = a.sliding_window or 0
+        for layer, layer_cache in zip(self.layers, cache, strict=True):
+            h = K.rms_norm(x, layer.attn_norm, a.norm_eps)
+            q = layer.wq(h).reshape(n, a.n_heads, a.head_dim)
+            k = layer.wk(h).reshape(n, a.n_kv_heads, a.head_dim)
+            v = layer.wv(h).reshape(n, a.n_kv_heads, a.head_dim)
+            K.rope(q, pos, a.rope_theta)
+            K.rope(k, pos, a.rope_theta)
+            keys, values, key_pos = layer_cache.update_and_fetch(k, v)
+            attn = K.attention(q, pos, keys, values, key_pos, window)  # [n, n_heads, head_dim]
+            x += layer.wo(attn.reshape(n, a.dim))
+            h = K.rms_norm(x, layer.ffn_norm, a.norm_eps)
+            x += layer.w_down(K.silu_mul(layer.w_gate(h), layer.w_up(h)))
+        x = x if all_logits else x[-1:]
+        logits = self.output(K.rms_norm(x, self.norm, a.norm_eps))
+        return logits if all_logits else logits[0]
