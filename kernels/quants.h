@@ -18,4 +18,9 @@ GGMLType act_type(GGMLType weight_type);
 void quantize_act_row(GGMLType weight_type, const float* LE_RESTRICT x, void* LE_RESTRICT y, int64_t n);
 float vec_dot(GGMLType weight_type, const void* LE_RESTRICT w_row, const void* LE_RESTRICT act_row, int64_t n);
 
+// The kernel vec_dot(weight_type, ...) runs, for callers that hoist the lookup out of their row loop. Same
+// contract as vec_dot; n must be a multiple of block_size(weight_type) (the kernel checks and throws).
+using VecDotFn = float (*)(const void* LE_RESTRICT w_row, const void* LE_RESTRICT act_row, int64_t n);
+VecDotFn vec_dot_fn(GGMLType weight_type);
+
 }  // namespace le

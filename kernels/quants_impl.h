@@ -7,12 +7,12 @@
 
 #include "common.h"
 #include "isa.h"
+#include "quants.h"
 
 namespace le {
 
 using QuantizeRowFn = void (*)(const float* LE_RESTRICT x, void* LE_RESTRICT y, int64_t n);
 using DequantizeRowFn = void (*)(const void* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n);
-using VecDotFn = float (*)(const void* LE_RESTRICT w, const void* LE_RESTRICT a, int64_t n);
 
 // What a weight type needs: its (de)quantizer, its activation format and the dot product against it.
 struct TypeKernels {
@@ -59,6 +59,18 @@ float vec_dot_q8_0_q8_0_ref(const block_q8_0* LE_RESTRICT w, const block_q8_0* L
 float vec_dot_q4_K_q8_K_ref(const block_q4_K* LE_RESTRICT w, const block_q8_K* LE_RESTRICT a, int64_t n);
 float vec_dot_q5_K_q8_K_ref(const block_q5_K* LE_RESTRICT w, const block_q8_K* LE_RESTRICT a, int64_t n);
 float vec_dot_q6_K_q8_K_ref(const block_q6_K* LE_RESTRICT w, const block_q8_K* LE_RESTRICT a, int64_t n);
+
+// x86 SIMD variants: built on any x86 GCC/Clang (per-function target attributes, no global -m flags) and
+// only put in the kernel table when the CPU supports them.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define LE_X86_SIMD 1
+float vec_dot_q4_0_q8_0_avx2(const block_q4_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
+float vec_dot_q8_0_q8_0_avx2(const block_q8_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
+float vec_dot_q4_0_q8_0_avx512(const block_q4_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
+float vec_dot_q8_0_q8_0_avx512(const block_q8_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
+#else
+#define LE_X86_SIMD 0
+#endif
 
 // Throws std::invalid_argument unless n is a non-negative multiple of block (every kernel checks on entry).
 inline void check_blocks(int64_t n, int64_t block, const char* kernel) {

@@ -23,34 +23,87 @@ def main() -> None:
 
 def _threads_option(f):
     return click.option(
-        "-t", "--threads", type=click.IntRange(1, 512), default=None,
+        "-t",
+        "--threads",
+        type=click.IntRange(1, 512),
+        default=None,
         help="Compute threads (default: the physical cores).",
     )(f)
 
 
 @main.command()
-@click.option("-m", "--model", "model_path", type=click.Path(exists=True, dir_okay=False),
-              help="A llama-architecture GGUF (Mistral, Llama). Default: a tiny random-weight model the package "
-                   "builds for itself, to try the pipeline.")
+@click.option(
+    "-m",
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A llama-architecture GGUF (Mistral, Llama). Default: a tiny random-weight model the package "
+    "builds for itself, to try the pipeline.",
+)
 @click.option("-p", "--prompt", required=True, help="Text to continue.")
-@click.option("-n", "--max-tokens", default=256, show_default=True, type=click.IntRange(1), help="Tokens to generate.")
-@click.option("--temp", default=0.8, show_default=True, type=click.FloatRange(0), help="Temperature; 0 is greedy.")
-@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0), help="Keep the k most likely; 0 off.")
-@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Nucleus sampling mass.")
-@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Drop tokens below min-p times the top probability.")
-@click.option("--repeat-penalty", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Penalty for recently generated tokens; 1 is off.")
+@click.option(
+    "-n", "--max-tokens", default=256, show_default=True, type=click.IntRange(1), help="Tokens to generate."
+)
+@click.option(
+    "--temp", default=0.8, show_default=True, type=click.FloatRange(0), help="Temperature; 0 is greedy."
+)
+@click.option(
+    "--top-k", default=40, show_default=True, type=click.IntRange(0), help="Keep the k most likely; 0 off."
+)
+@click.option(
+    "--top-p",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Nucleus sampling mass.",
+)
+@click.option(
+    "--min-p",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Drop tokens below min-p times the top probability.",
+)
+@click.option(
+    "--repeat-penalty",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Penalty for recently generated tokens; 1 is off.",
+)
 @click.option("--seed", default=None, type=int, help="Sampling seed (default: random).")
-@click.option("--ctx", "n_ctx", default=4096, show_default=True, type=click.IntRange(1),
-              help="Context size in tokens (capped at the model's).")
+@click.option(
+    "--ctx",
+    "n_ctx",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Context size in tokens (capped at the model's).",
+)
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
-@click.option("--kv-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
-              help="KV cache precision.")
+@click.option(
+    "--kv-type",
+    type=click.Choice(["f16", "f32"]),
+    default="f16",
+    show_default=True,
+    help="KV cache precision.",
+)
 @_threads_option
-def generate(model_path, prompt, max_tokens, temp, top_k, top_p, min_p, repeat_penalty, seed, n_ctx, stop,
-             kv_type, threads) -> None:
+def generate(
+    model_path,
+    prompt,
+    max_tokens,
+    temp,
+    top_k,
+    top_p,
+    min_p,
+    repeat_penalty,
+    seed,
+    n_ctx,
+    stop,
+    kv_type,
+    threads,
+) -> None:
     """Continue PROMPT with a text model, streaming."""
     from . import _kernels
     from .generate import stream_generate
@@ -64,8 +117,10 @@ def generate(model_path, prompt, max_tokens, temp, top_k, top_p, min_p, repeat_p
             from .tiny import cached_tiny_model
 
             model_path = cached_tiny_model()
-            click.echo(f"(no -m given: using the tiny random-weight model {model_path}; its words are random)",
-                       err=True)
+            click.echo(
+                f"(no -m given: using the tiny random-weight model {model_path}; its words are random)",
+                err=True,
+            )
         model, tokenizer = load_text_model(model_path)
         cache = model.make_cache(min(n_ctx, model.args.context_length), kv_type=kv_type)
         sampler = make_sampler(temp, top_k, top_p, min_p, seed)
@@ -73,14 +128,24 @@ def generate(model_path, prompt, max_tokens, temp, top_k, top_p, min_p, repeat_p
         tokens = tokenizer.encode(prompt)
         click.echo(prompt, nl=False)
         last = None
-        for last in stream_generate(model, tokenizer, cache, tokens, max_tokens=max_tokens, sampler=sampler,
-                                    logits_processors=processors, stop=stop):
+        for last in stream_generate(
+            model,
+            tokenizer,
+            cache,
+            tokens,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            logits_processors=processors,
+            stop=stop,
+            continuation=True,
+        ):
             click.echo(last.text, nl=False)
     except LlavaEdgeError as e:
         _fail(e)
     click.echo()
     click.echo(
-        f"\nprompt: {last.prompt_tokens} tokens, {last.prompt_seconds:.2f} s ({last.prompt_tps:.2f} tokens/s) | "
+        f"\nprompt: {last.prompt_tokens} tokens, {last.prompt_seconds:.2f} s "
+        f"({last.prompt_tps:.2f} tokens/s) | "
         f"generation: {last.generation_tokens} tokens, {last.generation_seconds:.2f} s "
         f"({last.generation_tps:.2f} tokens/s) | finish: {last.finish_reason}",
         err=True,
@@ -106,11 +171,19 @@ def info(path, system) -> None:
 @main.command()
 @click.argument("hf_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--type", "file_type", default="f16", show_default=True,
-              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k"]),
-              help="Tensor type of the weights (norms stay F32).")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow pickle .bin checkpoints (loaded with torch.load(weights_only=True)).")
+@click.option(
+    "--type",
+    "file_type",
+    default="f16",
+    show_default=True,
+    type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k"]),
+    help="Tensor type of the weights (norms stay F32).",
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow pickle .bin checkpoints (loaded with torch.load(weights_only=True)).",
+)
 def convert(hf_dir, out, file_type, trust_pickle) -> None:
     """Convert a Hugging Face checkpoint directory to GGUF."""
     try:

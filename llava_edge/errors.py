@@ -34,3 +34,12 @@ class ConvertError(LlavaEdgeError):
 
 class ContextLengthError(LlavaEdgeError):
     """A prompt does not fit in the model's context."""
+
+
+class ImageError(LlavaEdgeError):
+    """An image cannot be used: unreadable, not an image, an unsupported format, truncated, or too large."""
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")

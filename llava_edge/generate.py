@@ -87,10 +87,13 @@ def stream_generate(
     logits_processors: Sequence[LogitsProcessor] = (),
     stop: Sequence[str] = (),
     prefill_chunk: int = 512,
+    continuation: bool = False,
 ) -> Iterator[GenerationResponse]:
-    """Generate and stream text. The last response has finish_reason set and carries the totals."""
+    """Generate and stream text. The last response has finish_reason set and carries the totals.
+    `continuation`: the text continues the prompt's text (keep a leading space), as in plain completion;
+    otherwise it starts a new message (an answer), as in chat."""
     n_prompt = len(input_embeddings) if input_embeddings is not None else len(prompt or ())
-    decoder = tokenizer.stream()
+    decoder = tokenizer.stream(continuation=continuation)
     held = ""  # decoded text not yet emitted: it might be the start of a stop string
     longest_stop = max((len(s) for s in stop), default=0)
     t0 = time.perf_counter()

@@ -43,10 +43,14 @@ def describe_file(path) -> str:
             row[2] += t.nbytes
         lines.append("tensor types:")
         for name, (count, params, nbytes) in sorted(by_type.items(), key=lambda kv: -kv[1][2]):
-            lines.append(f"  {name:<6} {count:>5} tensors  {params / 1e6:>10.2f} M params  {_size(nbytes):>10}")
+            lines.append(
+                f"  {name:<6} {count:>5} tensors  {params / 1e6:>10.2f} M params  {_size(nbytes):>10}"
+            )
         total = sum(t.nbytes for t in f.tensors.values())
         n_params = sum(int(np.prod(t.shape)) for t in f.tensors.values())
-        lines.append(f"  total  {len(f.tensors):>5} tensors  {n_params / 1e6:>10.2f} M params  {_size(total):>10}")
+        lines.append(
+            f"  total  {len(f.tensors):>5} tensors  {n_params / 1e6:>10.2f} M params  {_size(total):>10}"
+        )
         tokens = f.get("tokenizer.ggml.tokens")
         if tokens is not None:
             lines.append(

@@ -97,7 +97,12 @@ class RollingKVCache:
 
 
 def make_cache(
-    n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int, sliding_window: int | None, kv_type: str = "f16"
+    n_layers: int,
+    n_ctx: int,
+    n_kv_heads: int,
+    head_dim: int,
+    sliding_window: int | None,
+    kv_type: str = "f16",
 ):
     """One cache per layer: rolling when the model has a window smaller than the context."""
     if kv_type not in KV_TYPES:

@@ -53,7 +53,9 @@ class ModelArgs:
         head_dim = dim // n_heads
         n_rot = int(f.get("llama.rope.dimension_count", head_dim))
         if n_rot != head_dim:
-            raise ModelError(f"{f.path}: llama.rope.dimension_count={n_rot}: only full rotary ({head_dim}) is supported")
+            raise ModelError(
+                f"{f.path}: llama.rope.dimension_count={n_rot}: only full rotary ({head_dim}) is supported"
+            )
         window = f.get("llama.attention.sliding_window")
         tokens = f.get("tokenizer.ggml.tokens")
         vocab = int(f.get("llama.vocab_size", len(tokens) if tokens is not None else 0))
@@ -80,14 +82,16 @@ class Linear:
         if info is None:
             raise ModelError(f"{f.path}: tensor {name} is missing")
         if tuple(info.shape) != (n_in, n_out):
-            raise ModelError(f"{f.path}: tensor {name}: expected shape {(n_in, n_out)}, found {tuple(info.shape)}")
+            raise ModelError(
+                f"{f.path}: tensor {name}: expected shape {(n_in, n_out)}, found {tuple(info.shape)}"
+            )
         if info.type not in SUPPORTED:
             raise ModelError(f"{f.path}: tensor {name}: type {GGMLType(info.type).name} is not supported")
         self.name, self.type, self.n_in, self.n_out = name, int(info.type), n_in, n_out
         self.data = f.raw(name)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # x [n_tok, n_in] -> [n_tok, n_out]
-        return K.matmul(self.data, self.type, self.n_in, x)
+        return K.matmul(self.data, self.type, x)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:  # embedding lookup -> [len(ids), n_in]
         return K.get_rows(self.data, self.type, self.n_in, ids)
@@ -129,7 +133,9 @@ class Mistral:
 
     def make_cache(self, n_ctx: int | None = None, kv_type: str = "f16"):
         a = self.args
-        return make_cache(a.n_layers, n_ctx or a.context_length, a.n_kv_heads, a.head_dim, a.sliding_window, kv_type)
+        return make_cache(
+            a.n_layers, n_ctx or a.context_length, a.n_kv_heads, a.head_dim, a.sliding_window, kv_type
+        )
 
     def embed(self, tokens) -> np.ndarray:
         ids = np.ascontiguousarray(tokens, dtype=np.int32)

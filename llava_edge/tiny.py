@@ -16,7 +16,8 @@ from .quant_rules import FILE_TYPES, encode_tensor, tensor_type
 
 _WORDS = (
     "the a an of to in and is it that on for with as was at by this be are from or one had not but what all "
-    "were when we there can your which their said if do will each about how up out them then she many some so "
+    "were when we there can your which their said if do will each about how up out them then she many "
+    "some so "
     "these would other into has more her two like him see time could no make than first been its who now "
     "people my made over did down only way find use may water long little very after words called just where "
     "most know image photo picture red green blue circle square star left right top bottom small large"
@@ -57,17 +58,19 @@ def write_tiny_model(
     shapes = {"token_embd.weight": (vocab, dim)}  # numpy order [rows, row length]
     for i in range(n_layers):
         p = f"blk.{i}."
-        shapes.update({
-            p + "attn_norm.weight": (dim,),
-            p + "attn_q.weight": (dim, dim),
-            p + "attn_k.weight": (n_kv_heads * head_dim, dim),
-            p + "attn_v.weight": (n_kv_heads * head_dim, dim),
-            p + "attn_output.weight": (dim, dim),
-            p + "ffn_norm.weight": (dim,),
-            p + "ffn_gate.weight": (ffn_dim, dim),
-            p + "ffn_up.weight": (ffn_dim, dim),
-            p + "ffn_down.weight": (dim, ffn_dim),
-        })
+        shapes.update(
+            {
+                p + "attn_norm.weight": (dim,),
+                p + "attn_q.weight": (dim, dim),
+                p + "attn_k.weight": (n_kv_heads * head_dim, dim),
+                p + "attn_v.weight": (n_kv_heads * head_dim, dim),
+                p + "attn_output.weight": (dim, dim),
+                p + "ffn_norm.weight": (dim,),
+                p + "ffn_gate.weight": (ffn_dim, dim),
+                p + "ffn_up.weight": (ffn_dim, dim),
+                p + "ffn_down.weight": (dim, ffn_dim),
+            }
+        )
     shapes["output_norm.weight"] = (dim,)
     shapes["output.weight"] = (vocab, dim)
 

@@ -26,8 +26,20 @@ def _llama_cpp_source() -> Path:
         return src
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-         "--no-build-isolation", f"llama-cpp-python=={version}", "-d", str(root)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            "--no-build-isolation",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(root),
+        ],
         check=True,
     )
     (archive,) = root.glob("llama_cpp_python-*.tar.gz")

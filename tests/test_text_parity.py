@@ -7,10 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llava_edge.convert.gguf_export import export_text_model  # noqa: E402
-from llava_edge.loader import load_text_model  # noqa: E402
-from llava_edge.kv_cache import RollingKVCache  # noqa: E402
 from tiny_models import load_reference, save_tiny_decoder  # noqa: E402
+
+from llava_edge.convert.gguf_export import export_text_model  # noqa: E402
+from llava_edge.kv_cache import RollingKVCache  # noqa: E402
+from llava_edge.loader import load_text_model  # noqa: E402
 
 N_TOKENS = 44
 
@@ -78,3 +79,46 @@ def test_sliding_window_matches_reference_and_bounds_cache(models):
     per_pos_ref = np.abs(ref_w - ref_full).max(-1)
     assert (per_pos_ref[8:] > 1e-2 * scale).all()
     assert np.abs(ours - ref_w).max() <= 1e-4 * scale
+
+
+def test_cli_greedy_equals_transformers_generate(models, mistral_tokenizer_model):
+    import subprocess
+    import sys
+
+    import sentencepiece
+
+    hf, gguf, _ = models["mistral_w8"]
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(mistral_tokenizer_model))
+    prompt = "The quick brown fox jumps over"
+    ids = [1] + sp.encode(prompt)
+    ref = load_reference(hf)
+    with torch.no_grad():
+        out = ref.generate(
+            torch.tensor([ids]), max_new_tokens=40, do_sample=False, eos_token_id=2, pad_token_id=2
+        )
+    new = out[0, len(ids) :].tolist()
+    if 2 in new:
+        new = new[: new.index(2)]
+    assert len(new) >= 32, "pick another prompt: the reference stops too early to compare 32 tokens"
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llava_edge.cli",
+            "generate",
+            "-m",
+            str(gguf),
+            "-p",
+            prompt,
+            "-n",
+            "40",
+            "--temp",
+            "0",
+            "--kv-type",
+            "f32",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert cli.stdout.rstrip("\n") == sp.decode(ids[1:] + new)

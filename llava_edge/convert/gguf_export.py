@@ -63,7 +63,9 @@ def decoder_metadata(cfg: dict, where: str) -> dict:
         raise ConvertError(f"{where}: config has no {e.args[0]}") from None
     head_dim = cfg.get("head_dim")
     if head_dim not in (None, dim // n_heads):
-        raise ConvertError(f"{where}: head_dim {head_dim} != hidden_size / num_attention_heads: not supported")
+        raise ConvertError(
+            f"{where}: head_dim {head_dim} != hidden_size / num_attention_heads: not supported"
+        )
     if cfg.get("sliding_window"):
         meta["llama.attention.sliding_window"] = int(cfg["sliding_window"])
     return meta
@@ -75,7 +77,9 @@ def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def decoder_tensor_names(n_layers: int, prefix: str = "model.", head: str = "lm_head.weight") -> dict[str, str]:
+def decoder_tensor_names(
+    n_layers: int, prefix: str = "model.", head: str = "lm_head.weight"
+) -> dict[str, str]:
     """HF name -> GGUF name for a Mistral/Llama decoder whose weights live under `prefix`."""
     names = {
         f"{prefix}embed_tokens.weight": "token_embd.weight",
@@ -104,7 +108,12 @@ def write_tensors(
         writer.add_tensor_info(name, gguf_shape, types[-1])
     for i, ((name, _, load), ggml_type) in enumerate(zip(tensors, types, strict=True)):
         if progress:
-            print(f"\r[{i + 1}/{len(tensors)}] {name:<32} {ggml_type.name:<5}", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{i + 1}/{len(tensors)}] {name:<32} {ggml_type.name:<5}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         writer.write_tensor(name, encode_tensor(load(), ggml_type))
     if progress:
         print(file=sys.stderr)

@@ -26,7 +26,9 @@ def sentencepiece_metadata(model_dir: Path, vocab_size: int | None = None) -> di
     except Exception as e:  # protobuf's DecodeError
         raise ConvertError(f"{path}: not a SentencePiece model ({e})") from None
     if proto.trainer_spec.model_type != 2:  # BPE; llama.cpp's "llama" tokenizer is SentencePiece BPE
-        raise ConvertError(f"{path}: SentencePiece model type {proto.trainer_spec.model_type}: only BPE is supported")
+        raise ConvertError(
+            f"{path}: SentencePiece model type {proto.trainer_spec.model_type}: only BPE is supported"
+        )
     tokens = [p.piece for p in proto.pieces]
     scores = [p.score for p in proto.pieces]
     types = [p.type for p in proto.pieces]
@@ -43,13 +45,17 @@ def sentencepiece_metadata(model_dir: Path, vocab_size: int | None = None) -> di
         if i < len(tokens):
             continue  # already a SentencePiece piece (<s>, </s>, <unk>)
         if i != len(tokens):
-            raise ConvertError(f"{model_dir}: added token {added[i]!r} has id {i}, leaving a gap after {len(tokens)}")
+            raise ConvertError(
+                f"{model_dir}: added token {added[i]!r} has id {i}, leaving a gap after {len(tokens)}"
+            )
         tokens.append(added[i])
         scores.append(-1000.0)
         types.append(CONTROL if i in specials else USER_DEFINED)
     if vocab_size is not None:
         if vocab_size < len(tokens):
-            raise ConvertError(f"{model_dir}: config vocab_size {vocab_size} < {len(tokens)} tokenizer pieces")
+            raise ConvertError(
+                f"{model_dir}: config vocab_size {vocab_size} < {len(tokens)} tokenizer pieces"
+            )
         for i in range(len(tokens), vocab_size):  # embedding rows with no token (padded tables)
             tokens.append(f"[PAD{i}]")
             scores.append(-1000.0)
