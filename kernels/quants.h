@@ -10,7 +10,9 @@
 
 namespace le {
 
-// n must be a multiple of block_size(t) for all functions below (checked by callers at the boundary).
+// n must be a multiple of block_size(t) for all functions below (callers check at the boundary; the kernels
+// check again on entry and throw std::invalid_argument). Unsupported types throw std::invalid_argument.
+// Activation rows must come from quantize_act_row: SIMD dot products rely on its code range.
 void quantize_row(GGMLType t, const float* LE_RESTRICT x, void* LE_RESTRICT y, int64_t n);
 void dequantize_row(GGMLType t, const void* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n);
 

@@ -119,6 +119,7 @@ void check_row_length(GGMLType t, int64_t n, const char* what) {
 // Bytes of one row of n values of type t, with n a positive block multiple.
 int64_t checked_row_bytes(GGMLType t, int64_t n) {
     if (n <= 0) throw py::value_error("n must be positive, got " + std::to_string(n));
+    if (n > INT64_MAX / le::type_size(t)) throw py::value_error("n = " + std::to_string(n) + " is too large");
     check_row_length(t, n, "the tensor");
     return le::row_size(t, n);
 }
@@ -273,8 +274,8 @@ void register_quants(py::module_& m) {
         py::arg("x"),
         "Quantize float32 rows x [rows, n] (or [n]) to type; returns uint8 [rows, row_bytes] (or [row_bytes]).");
     m.def("dequantize", &dequantize, py::arg("type"), py::arg("data"), py::arg("n"),
-          "Dequantize a C-contiguous buffer holding whole rows of n values of type (read-only buffers and "
-          "memmaps are read in place); returns float32 [rows, n].");
+          "Dequantize the raw bytes of any C-contiguous buffer holding whole rows of n values of type "
+          "(read-only buffers and memmaps are read in place); returns float32 [rows, n].");
     m.def("vec_dot", &vec_dot, py::arg("type"), py::arg("w_row"), py::arg("x"),
           "Dot product of one weight row (bytes of type) with float32 activations x [n], through the same "
           "activation quantization (act_type) and kernel the matmul uses.");

@@ -28,6 +28,14 @@ inline int32_t trunc_to_i32(float v) {
     return int32_t(v);
 }
 
+// roundf (half away from zero) followed by trunc_to_i32, without a libm call: v - trunc(v) is exact.
+inline int32_t round_half_away_to_i32(float v) {
+    const int32_t t = trunc_to_i32(v);
+    if (t == INT32_MIN) return t;  // NaN, infinity or out of range: as trunc_to_i32(roundf(v))
+    const float frac = v - float(t);
+    return t + int32_t(frac >= 0.5f) - int32_t(frac <= -0.5f);
+}
+
 // Round to nearest, ties to even, through the float adder (llama.cpp's nearest_int): exact for |v| <= 2^22,
 // which the callers guarantee for finite input; any other input gives a defined, meaningless value.
 inline int nearest_int(float v) {
@@ -305,7 +313,7 @@ void quantize_row_q8_0_ref(const float* LE_RESTRICT x, block_q8_0* LE_RESTRICT y
         y[i].d = fp32_to_fp16(d);
         for (int j = 0; j < QK8_0; ++j) {
             // roundf: half away from zero; the int8 comes from the low byte, as numpy's cast on x86 gives.
-            y[i].qs[j] = int8_t(uint8_t(trunc_to_i32(std::round(x[j] * id))));
+            y[i].qs[j] = int8_t(uint8_t(round_half_away_to_i32(x[j] * id)));
         }
     }
 }

@@ -1,10 +1,16 @@
 // The thread pool behind parallel_for. Workers spin briefly after a job (decode issues kernels back to back,
 // so the next job usually arrives within microseconds), then sleep on a condition variable.
 //
-// Publication protocol: run() writes the job fields, then bumps `generation_` (release, under `mutex_`);
-// a worker that sees a new generation (acquire) reads the job, runs its chunk and decrements `pending_`
-// (acq_rel). run() returns only when `pending_` reaches 0, so the job fields are never rewritten while a
-// worker may still read them, and no worker can miss a generation.
+// Chunks are claimed, not assigned: every participant (the caller too) takes the next unclaimed chunk
+// until none is left, so a worker the OS has not scheduled yet never holds the caller up, and the answer
+// does not depend on who ran which chunk (chunk bounds are fixed by n_items and n_chunks alone).
+//
+// Protocol. `ticket_` packs (generation, n_chunks, next chunk). run() writes the job (fn_, n_items_), then
+// publishes a new generation in ticket_ (release). A worker claims chunk c with a CAS on ticket_ that only
+// succeeds while the generation is the one it saw; only after a successful claim does it read the job, and
+// it counts the chunk in `done_` (release) when finished. run() returns once done_ == n_chunks (acquire), so
+// the job is never rewritten while a claimed chunk may still read it, and a worker that wakes late finds a
+// stale generation or no chunk left and touches nothing.
 #include "threadpool.h"
 
 #include <algorithm>
@@ -42,7 +48,8 @@ inline void cpu_relax() {
 // kernel calls, short enough not to burn a core while the user reads the answer.
 constexpr auto kSpinTime = std::chrono::microseconds(2000);
 
-// Spins until pred() holds or kSpinTime passes; returns pred()'s last value.
+// Spins until pred() holds or kSpinTime passes; returns pred()'s last value. Yields between bursts, so on a
+// busy machine the thread we wait for (or any other) can have this core.
 template <class Pred>
 bool spin_until(Pred pred) {
     const auto start = std::chrono::steady_clock::now();
@@ -52,8 +59,12 @@ bool spin_until(Pred pred) {
             cpu_relax();
         }
         if (std::chrono::steady_clock::now() - start > kSpinTime) return pred();
+        std::this_thread::yield();
     }
 }
+
+constexpr int64_t kChunksPerThread = 4;
+constexpr int64_t kMaxChunks = 4095;  // fits the ticket's 12-bit fields
 
 thread_local bool t_inside_pool = false;  // true on workers, and on a caller while it runs a job
 
@@ -61,7 +72,7 @@ class ThreadPool {
 public:
     explicit ThreadPool(int n_threads) : n_threads_(n_threads) {
         workers_.reserve(size_t(n_threads - 1));
-        for (int w = 0; w < n_threads - 1; ++w) workers_.emplace_back([this, w] { worker_main(w + 1); });
+        for (int w = 0; w < n_threads - 1; ++w) workers_.emplace_back([this] { worker_main(); });
     }
 
     ~ThreadPool() {
@@ -75,62 +86,80 @@ public:
 
     int size() const { return n_threads_; }
 
-    // Runs chunks [0, n_chunks) of fn over [0, n); 2 <= n_chunks <= size(). Not reentrant (callers serialise).
+    // Runs fn over [0, n) in n_chunks fixed chunks, 2 <= n_chunks <= kMaxChunks. Not reentrant: parallel_for
+    // serialises callers.
     void run(int64_t n, int n_chunks, const std::function<void(int64_t, int64_t)>& fn) {
         fn_ = &fn;
         n_items_ = n;
-        n_chunks_ = n_chunks;
         error_ = nullptr;
-        pending_.store(int(workers_.size()), std::memory_order_relaxed);
+        done_.store(0, std::memory_order_relaxed);
+        const uint64_t gen = (generation(ticket_.load(std::memory_order_relaxed)) + 1) & kGenMask;
         {
-            std::lock_guard<std::mutex> lock(mutex_);
-            generation_.fetch_add(1, std::memory_order_release);
+            std::lock_guard<std::mutex> lock(mutex_);  // a worker about to sleep re-checks ticket_ under it
+            ticket_.store(pack(gen, uint64_t(n_chunks), 0), std::memory_order_release);
         }
         work_cv_.notify_all();
 
-        run_chunk(0);
+        work_on(gen);
 
-        if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+        const auto all_done = [&] { return done_.load(std::memory_order_acquire) == n_chunks; };
+        if (!spin_until(all_done)) {
             std::unique_lock<std::mutex> lock(mutex_);
-            done_cv_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+            done_cv_.wait(lock, all_done);
         }
         fn_ = nullptr;
         if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
     }
 
 private:
-    void run_chunk(int chunk) {
-        if (chunk >= n_chunks_) return;
-        const int64_t begin = n_items_ * chunk / n_chunks_;
-        const int64_t end = n_items_ * (chunk + 1) / n_chunks_;
-        try {
-            (*fn_)(begin, end);
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mutex_);
-            if (!error_) error_ = std::current_exception();
-        }
+    // ticket_ layout: generation (40 bits) | n_chunks (12 bits) | next chunk (12 bits).
+    static constexpr uint64_t kGenMask = (uint64_t(1) << 40) - 1;
+    static constexpr uint64_t pack(uint64_t gen, uint64_t n_chunks, uint64_t next) {
+        return gen << 24 | n_chunks << 12 | next;
     }
+    static constexpr uint64_t generation(uint64_t t) { return t >> 24; }
+    static constexpr int chunks(uint64_t t) { return int((t >> 12) & 0xfff); }
+    static constexpr int next_chunk(uint64_t t) { return int(t & 0xfff); }
 
-    void worker_main(int chunk) {
-        t_inside_pool = true;
-        uint64_t seen = 0;
+    // Claims and runs chunks of generation gen until none is left.
+    void work_on(uint64_t gen) {
+        uint64_t t = ticket_.load(std::memory_order_acquire);
         for (;;) {
-            uint64_t gen = seen;
-            if (!spin_until([&] { return (gen = generation_.load(std::memory_order_acquire)) != seen; })) {
-                std::unique_lock<std::mutex> lock(mutex_);
-                work_cv_.wait(lock, [&] {
-                    gen = generation_.load(std::memory_order_acquire);
-                    return stop_ || gen != seen;
-                });
-                if (stop_) return;
+            if (generation(t) != gen || next_chunk(t) >= chunks(t)) return;
+            if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire))
+                continue;  // t now holds the current ticket
+            const int n_chunks = chunks(t), chunk = next_chunk(t);
+            const int64_t begin = n_items_ * chunk / n_chunks;
+            const int64_t end = n_items_ * (chunk + 1) / n_chunks;
+            try {
+                (*fn_)(begin, end);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(error_mutex_);
+                if (!error_) error_ = std::current_exception();
             }
-            seen = gen;
-            run_chunk(chunk);
-            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_chunks) {
                 // Under the mutex, so the notification cannot fall between the caller's check and its wait.
                 std::lock_guard<std::mutex> lock(mutex_);
                 done_cv_.notify_one();
+                return;
             }
+            t = ticket_.load(std::memory_order_acquire);
+        }
+    }
+
+    void worker_main() {
+        t_inside_pool = true;
+        uint64_t seen = 0;  // the generation at construction: a job published before this thread started still counts
+        for (;;) {
+            uint64_t gen = seen;
+            const auto fresh = [&] { return (gen = generation(ticket_.load(std::memory_order_acquire))) != seen; };
+            if (!spin_until(fresh)) {
+                std::unique_lock<std::mutex> lock(mutex_);
+                work_cv_.wait(lock, [&] { return stop_ || fresh(); });
+                if (stop_) return;
+            }
+            seen = gen;
+            work_on(gen);
         }
     }
 
@@ -141,13 +170,12 @@ private:
     std::condition_variable work_cv_;
     std::condition_variable done_cv_;
     bool stop_ = false;
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
+    std::atomic<uint64_t> ticket_{0};
+    std::atomic<int> done_{0};
 
-    // The current job; published through generation_, see the protocol at the top of the file.
+    // The current job; read only by a participant holding a claimed chunk (see the protocol above).
     const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
     int64_t n_items_ = 0;
-    int n_chunks_ = 0;
 
     std::mutex error_mutex_;
     std::exception_ptr error_;
@@ -234,9 +262,10 @@ void parallel_for(int64_t n_items, const std::function<void(int64_t, int64_t)>& 
     const int64_t max_chunks = (n_items + min_chunk - 1) / min_chunk;
     std::unique_lock<std::mutex> lock(g_pool_mutex);
     ThreadPool& pool = pool_locked();
-    const int n_chunks = int(std::min<int64_t>(pool.size(), max_chunks));
+    // A few chunks per thread: a thread slowed down (a busy core, an efficiency core) hands its share on.
+    const int n_chunks = int(std::min<int64_t>({int64_t(pool.size()) * kChunksPerThread, max_chunks, kMaxChunks}));
     InsidePool inside;
-    if (n_chunks <= 1) {
+    if (pool.size() == 1 || n_chunks <= 1) {
         lock.unlock();  // nothing to share: let other callers use the pool meanwhile
         fn(0, n_items);
         return;

@@ -14,8 +14,9 @@ void set_num_threads(int n);
 // Physical cores available to this process (hyperthread siblings counted once); at least 1.
 int physical_cores();
 
-// fn(begin, end) over [0, n_items) split into at most get_num_threads() contiguous chunks of at least
-// min_chunk items; chunk 0 runs on the calling thread. Returns when every chunk is done; rethrows the first
+// fn(begin, end) over [0, n_items) split into contiguous chunks of at least min_chunk items (a few per
+// thread); the calling thread runs chunks too. Chunk bounds depend only on n_items, min_chunk and the thread
+// count; which thread runs a chunk does not matter. Returns when every chunk is done; rethrows the first
 // exception a chunk threw. Calls from several threads are serialised; a call from inside a chunk runs
 // inline on that thread (no nested parallelism, no deadlock).
 void parallel_for(int64_t n_items, const std::function<void(int64_t begin, int64_t end)>& fn,

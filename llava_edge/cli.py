@@ -153,6 +153,89 @@ def generate(
 
 
 @main.command()
+@click.argument("images", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-m",
+    "--model",
+    "model_path",
+    type=click.Path(exists=True),
+    help="A model bundle directory (or its model.gguf), or llama.cpp's decoder GGUF with --mmproj.",
+)
+@click.option(
+    "--mmproj",
+    type=click.Path(exists=True, dir_okay=False),
+    help="llama.cpp's mmproj GGUF (CLIP tower + projector) to use with a decoder GGUF.",
+)
+@click.option("-p", "--prompt", help="Ask this, print the answer and exit (default: an interactive chat).")
+@click.option(
+    "-n", "--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Answer length cap."
+)
+@click.option(
+    "--temp", default=0.2, show_default=True, type=click.FloatRange(0), help="Temperature; 0 is greedy."
+)
+@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
+@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--seed", default=None, type=int, help="Sampling seed.")
+@click.option(
+    "--ctx",
+    "n_ctx",
+    default=8192,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Context size in tokens (capped at the model's).",
+)
+@click.option(
+    "--template",
+    type=click.Choice(["mistral_instruct", "llava_v1"]),
+    default=None,
+    help="Chat format (default: the model's).",
+)
+@click.option("--kv-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No speed line.")
+@_threads_option
+def chat(
+    images,
+    model_path,
+    mmproj,
+    prompt,
+    max_tokens,
+    temp,
+    top_k,
+    top_p,
+    min_p,
+    seed,
+    n_ctx,
+    template,
+    kv_type,
+    quiet,
+    threads,
+) -> None:
+    """Chat about IMAGES with a LLaVA model (streaming, multi-turn, offline)."""
+    from .llava import load
+    from .repl import interactive, stream_answer
+    from .sampling import make_sampler
+
+    try:
+        if model_path is None:
+            from .demo import demo_bundle
+
+            model_path = demo_bundle()
+        model = load(model_path, mmproj=mmproj, threads=threads)
+        n_ctx = min(n_ctx, model.decoder.args.context_length)
+        session = model.chat(n_ctx=n_ctx, kv_type=kv_type, template=template)
+        for image in images:
+            session.add_image(image)
+        gen = dict(max_tokens=max_tokens, sampler=make_sampler(temp, top_k, top_p, min_p, seed))
+        if prompt is not None:
+            stream_answer(session, prompt, verbose=not quiet, **gen)
+        else:
+            interactive(session, verbose=not quiet, **gen)
+    except LlavaEdgeError as e:
+        _fail(e)
+
+
+@main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option("--system", is_flag=True, help="Show the kernels' instruction set and threads instead.")
 def info(path, system) -> None:

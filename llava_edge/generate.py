@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,19 +88,20 @@ def stream_generate(
     stop: Sequence[str] = (),
     prefill_chunk: int = 512,
     continuation: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[GenerationResponse]:
     """Generate and stream text. The last response has finish_reason set and carries the totals.
     `continuation`: the text continues the prompt's text (keep a leading space), as in plain completion;
-    otherwise it starts a new message (an answer), as in chat."""
+    otherwise it starts a new message (an answer), as in chat. `should_stop` is polled after every token
+    (Ctrl-C): when it returns True the answer ends with finish_reason "cancelled"."""
     n_prompt = len(input_embeddings) if input_embeddings is not None else len(prompt or ())
     decoder = tokenizer.stream(continuation=continuation)
     held = ""  # decoded text not yet emitted: it might be the start of a stop string
     longest_stop = max((len(s) for s in stop), default=0)
     t0 = time.perf_counter()
     t_first = None
-    n_gen = 0
 
-    def response(text, token, reason):
+    def response(text, token, n_gen, reason=None):
         now = time.perf_counter()
         prompt_s = (t_first or now) - t0
         return GenerationResponse(text, token, reason, n_prompt, n_gen, prompt_s, now - (t_first or now))
@@ -114,29 +115,29 @@ def stream_generate(
         logits_processors=logits_processors,
         prefill_chunk=prefill_chunk,
     )
-    reason = "length"
-    token = None
-    while n_gen < max_tokens:
-        room = cache[0].room
-        if n_gen > 0 and room is not None and room <= 0:
-            break  # the next step would not fit in the context
-        token = next(steps)
-        if t_first is None:
-            t_first = time.perf_counter()
-        n_gen += 1
-        if token == tokenizer.eos_id:
-            reason = "stop"
-            break
-        held += decoder.push(token)
-        hit = min((i for i in (held.find(s) for s in stop) if i >= 0), default=-1)
-        if hit >= 0:
-            held, reason = held[:hit], "stop"
-            break
-        cut = len(held) - (longest_stop - 1) if longest_stop else len(held)
-        if cut > 0:
-            yield response(held[:cut], token, None)
-            held = held[cut:]
-    if reason == "length":
-        held += decoder.flush()
-    steps.close()
-    yield response(held, token, reason)
+    try:
+        # One response per sampled token; the last one carries the finish reason. Every token but the
+        # last has been fed to the model (the cache holds it).
+        for n_gen, token in enumerate(steps, start=1):
+            if t_first is None:
+                t_first = time.perf_counter()
+            if token == tokenizer.eos_id:
+                yield response(held + decoder.flush(), token, n_gen, "stop")
+                return
+            held += decoder.push(token)
+            hit = min((i for i in (held.find(s) for s in stop) if i >= 0), default=-1)
+            if hit >= 0:
+                yield response(held[:hit], token, n_gen, "stop")
+                return
+            if should_stop is not None and should_stop():
+                yield response(held + decoder.flush(), token, n_gen, "cancelled")
+                return
+            room = cache[0].room
+            if n_gen >= max_tokens or (room is not None and room <= 0):
+                yield response(held + decoder.flush(), token, n_gen, "length")
+                return
+            cut = len(held) - (longest_stop - 1) if longest_stop else len(held)
+            yield response(held[: max(cut, 0)], token, n_gen)
+            held = held[max(cut, 0) :]
+    finally:
+        steps.close()

@@ -425,6 +425,12 @@ class GGUFFile:
     are views into the mapping (no copy). `close()` is safe while such views are alive: the mapping then
     stays until the last view is freed, and the views stay valid. Metadata values are copies and do not
     depend on the file at all. The file must not be truncated by someone else while mapped (SIGBUS).
+
+    Attributes: `path`; `version` (2 or 3); `alignment`; `data_offset` (absolute start of tensor data);
+    `metadata` (key -> value, file order: int/float/bool/str scalars, list[str] for string arrays,
+    read-only numpy arrays of the exact dtype for numeric and bool arrays); `value_types` (key ->
+    (GGUFValueType,) or (ARRAY, element type), enough for a writer to reproduce the file);
+    `tensors` (name -> TensorInfo, file order).
     """
 
     def __init__(
@@ -451,6 +457,8 @@ class GGUFFile:
     def open(cls, path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> GGUFFile:
         path = Path(path)
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # before open(): opening a FIFO would block
+                raise GGUFError(path, "file", "is not a regular file")
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode):

@@ -17,10 +17,12 @@ token after the patches and runs one layer fewer than it stores: CLS goes first,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,23 +47,27 @@ def default_cache_dir() -> Path:
 # ---- reading the mmproj ---------------------------------------------------------------------------------
 
 
-def _key(f: GGUFFile, key: str, kind: type, default=None):
+def _key(f: GGUFFile, key: str, kind: type[int] | type[float]) -> int | float:
+    """A required number: ints must be positive."""
     value = f.get(key)
     if value is None:
-        if default is not None:
-            return default
         raise ModelError(f"{f.path}: metadata key {key!r} is missing (is this a llama.cpp LLaVA mmproj?)")
-    if kind is bool:
-        ok = isinstance(value, (bool, np.bool_))
-    elif kind is int:
-        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value > 0
-    elif kind is float:
-        ok = isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ModelError(f"{f.path}: metadata key {key!r} should be a {kind.__name__}, found {value!r}")
+    numbers = (int, np.integer) if kind is int else (int, float, np.integer, np.floating)
+    if not isinstance(value, numbers) or isinstance(value, (bool, np.bool_)) or (kind is int and value <= 0):
+        raise ModelError(
+            f"{f.path}: metadata key {key!r} should be a positive {kind.__name__}, found {value!r}"
+        )
     return kind(value)
+
+
+def _ints(f: GGUFFile, key: str) -> list[int] | None:
+    value = f.get(key)
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu":
+        raise ModelError(f"{f.path}: metadata key {key!r} should be an array of integers, found {value!r}")
+    return [int(v) for v in array.reshape(-1)]
 
 
 def _f32(value) -> float:
@@ -117,11 +123,10 @@ def read_clip_params(f: GGUFFile) -> dict:
 
     # Features: hidden_states[k] = output of the first k layers. Without `feature_layer` the converter
     # stored layers [0, n-1) of an n-layer tower: every stored layer runs and the result is layer -2.
-    feature_layer = f.get("clip.vision.feature_layer")
-    if feature_layer is None:
+    layers = _ints(f, "clip.vision.feature_layer")
+    if layers is None:
         p["n_layers"], p["select_layer"] = p["block_count"], -2
     else:
-        layers = [int(v) for v in np.asarray(feature_layer).reshape(-1)]
         if len(layers) != 1 or not 0 < layers[0] <= p["block_count"]:
             raise ModelError(
                 f"{f.path}: clip.vision.feature_layer is {layers}; only one layer in "
@@ -132,9 +137,8 @@ def read_clip_params(f: GGUFFile) -> dict:
     p["n_tokens"] = p["grid"] ** 2
     p["image_mean"] = _floats(f, "clip.vision.image_mean")
     p["image_std"] = _floats(f, "clip.vision.image_std")
-    pinpoints = f.get("clip.vision.image_grid_pinpoints")
-    if pinpoints is not None:
-        flat = [int(v) for v in np.asarray(pinpoints).reshape(-1)]
+    flat = _ints(f, "clip.vision.image_grid_pinpoints")
+    if flat is not None:
         if len(flat) % 2:
             raise ModelError(f"{f.path}: clip.vision.image_grid_pinpoints has an odd number of values")
         p["image_grid_pinpoints"] = [flat[i : i + 2] for i in range(0, len(flat), 2)]
@@ -148,8 +152,11 @@ def read_clip_params(f: GGUFFile) -> dict:
     return p
 
 
-def _tensor(f: GGUFFile, name: str, shape: tuple[int, ...], *, required: bool = True) -> np.ndarray | None:
-    """A tensor as float32 in numpy order, its shape checked. F16/BF16 widened, quantized dequantized."""
+Load = Callable[[], np.ndarray]  # a weight, read and widened to float32 only when the file is written
+
+
+def _tensor(f: GGUFFile, name: str, shape: tuple[int, ...], *, required: bool = True) -> Load | None:
+    """A tensor checked now (present, shape, type) and read later: float32 in numpy order."""
     info = f.tensors.get(name)
     if info is None:
         if required:
@@ -158,25 +165,32 @@ def _tensor(f: GGUFFile, name: str, shape: tuple[int, ...], *, required: bool = 
     found = tuple(info.shape[::-1])
     if found != shape:
         raise ModelError(f"{f.path}: tensor {name!r} has shape {list(found)}, expected {list(shape)}")
-    if info.type == GGMLType.F32:
-        return f.array(name)  # a read-only view: copied once, into the graph
-    if info.type == GGMLType.F16:
-        return f.array(name).astype(np.float32)
-    if info.type == GGMLType.BF16:
-        return (f.array(name).astype(np.uint32) << 16).view(np.float32)
+    if info.type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
+        return lambda: _widen(f.array(name), info.type)
     if info.type in (GGMLType.I8, GGMLType.I16, GGMLType.I32, GGMLType.I64, GGMLType.F64):
         raise ModelError(f"{f.path}: tensor {name!r} has type {info.type.name}; expected a float type")
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
+    qtype = GGMLQuantizationType(int(info.type))
     try:
-        values = dequantize(f.raw(name), GGMLQuantizationType(int(info.type)))
+        dequantize(f.raw(name)[:1], qtype)  # one row: is the type implemented?
     except NotImplementedError:
         raise ModelError(f"{f.path}: tensor {name!r}: cannot dequantize type {info.type.name}") from None
-    return np.asarray(values, dtype=np.float32).reshape(shape)
+    return lambda: np.asarray(dequantize(f.raw(name), qtype), np.float32).reshape(shape)
 
 
-def _fc1_fc2(f: GGUFFile, il: int, width: int, ffn: int) -> tuple[np.ndarray, ...]:
+def _widen(values: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
+    if ggml_type == GGMLType.BF16:
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    return values.astype(np.float32, copy=False)  # F32 stays a read-only view of the file
+
+
+def _zeros(n: int) -> Load:
+    return lambda: np.zeros(n, np.float32)
+
+
+def _fc1_fc2(f: GGUFFile, il: int, width: int, ffn: int) -> tuple[Load, Load, Load, Load]:
     """CLIP's fc1 (D -> FF) and fc2 (FF -> D) with their biases, whatever they are named."""
     names = [f"v.blk.{il}.ffn_down", f"v.blk.{il}.ffn_up"]
     for n in names:
@@ -188,9 +202,9 @@ def _fc1_fc2(f: GGUFFile, il: int, width: int, ffn: int) -> tuple[np.ndarray, ..
     fc1, fc2 = names if down_shape == (ffn, width) else names[::-1]
     return (
         _tensor(f, f"{fc1}.weight", (ffn, width)),
-        _tensor(f, f"{fc1}.bias", (ffn,), required=False),
+        _tensor(f, f"{fc1}.bias", (ffn,), required=False) or _zeros(ffn),
         _tensor(f, f"{fc2}.weight", (width, ffn)),
-        _tensor(f, f"{fc2}.bias", (width,), required=False),
+        _tensor(f, f"{fc2}.bias", (width,), required=False) or _zeros(width),
     )
 
 
@@ -198,18 +212,18 @@ def _fc1_fc2(f: GGUFFile, il: int, width: int, ffn: int) -> tuple[np.ndarray, ..
 
 
 class _Graph:
-    """Nodes and float32/int64 initializers, named as they are added."""
+    """Nodes, and initializers kept as loaders until the file is written."""
 
     def __init__(self):
         self.nodes: list = []
-        self.initializers: list = []
+        self.initializers: list[tuple[str, Load]] = []
 
     def const(self, name: str, value) -> str:
-        from onnx import numpy_helper
-
-        array = np.asarray(value)
-        array = np.ascontiguousarray(array, np.int64 if array.dtype.kind in "iu" else np.float32)
-        self.initializers.append(numpy_helper.from_array(array, name))
+        if not callable(value):
+            array = np.asarray(value)
+            array = np.ascontiguousarray(array, np.int64 if array.dtype.kind in "iu" else np.float32)
+            value = lambda: array  # noqa: E731
+        self.initializers.append((name, value))
         return name
 
     def op(self, op_type: str, inputs: list[str], out: str | list[str], **attrs) -> str | list[str]:
@@ -219,14 +233,12 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=outs[0], **attrs))
         return out
 
-    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
-        """x [.., in] @ W^T (+ b): W stored transposed [in, out] so MatMul reads it as is."""
-        y = self.op("MatMul", [x, self.const(f"{name}.weight_t", weight.T)], f"{name}.matmul")
-        if bias is None:
-            return y
+    def linear(self, x: str, weight: Load, bias: Load, name: str) -> str:
+        """x [.., in] @ W^T + b: W stored transposed [in, out] so MatMul reads it as is."""
+        y = self.op("MatMul", [x, self.const(f"{name}.weight_t", lambda: weight().T)], f"{name}.matmul")
         return self.op("Add", [y, self.const(f"{name}.bias", bias)], f"{name}.out")
 
-    def layer_norm(self, x: str, weight: np.ndarray, bias: np.ndarray, eps: float, name: str) -> str:
+    def layer_norm(self, x: str, weight: Load, bias: Load, eps: float, name: str) -> str:
         w, b = self.const(f"{name}.weight", weight), self.const(f"{name}.bias", bias)
         return self.op("LayerNormalization", [x, w, b], f"{name}.out", axis=-1, epsilon=eps)
 
@@ -236,12 +248,10 @@ def _activation(g: _Graph, x: str, kind: str, name: str) -> str:
         scaled = g.op("Mul", [x, g.const(f"{name}.alpha", np.float32(QUICK_GELU_ALPHA))], f"{name}.ax")
         return g.op("Mul", [x, g.op("Sigmoid", [scaled], f"{name}.sig")], f"{name}.out")
     # exact GELU: 0.5 x (1 + erf(x / sqrt 2))
-    erf = g.op(
-        "Erf",
-        [g.op("Div", [x, g.const(f"{name}.sqrt2", np.float32(math.sqrt(2)))], f"{name}.xs")],
-        f"{name}.erf",
+    x_s = g.op("Div", [x, g.const(f"{name}.sqrt2", np.float32(math.sqrt(2)))], f"{name}.xs")
+    one_plus = g.op(
+        "Add", [g.op("Erf", [x_s], f"{name}.erf"), g.const(f"{name}.one", np.float32(1))], f"{name}.1p"
     )
-    one_plus = g.op("Add", [erf, g.const(f"{name}.one", np.float32(1))], f"{name}.1p")
     half_x = g.op("Mul", [x, g.const(f"{name}.half", np.float32(0.5))], f"{name}.hx")
     return g.op("Mul", [half_x, one_plus], f"{name}.out")
 
@@ -249,25 +259,19 @@ def _activation(g: _Graph, x: str, kind: str, name: str) -> str:
 def _encoder_layer(g: _Graph, f: GGUFFile, x: str, il: int, p: dict) -> str:
     """x [N,T,D] -> x + attn(ln1(x)) -> that + mlp(ln2(that))."""
     d, n_head, eps = p["width"], p["n_head"], p["layer_norm_eps"]
-    dh = d // n_head
     pre = f"v.blk.{il}"
-
-    def w(kind: str) -> np.ndarray:
-        return _tensor(f, f"{pre}.{kind}.weight", (d, d))
-
-    def b(kind: str) -> np.ndarray:
-        bias = _tensor(f, f"{pre}.{kind}.bias", (d,), required=False)
-        return np.zeros(d, np.float32) if bias is None else bias
-
     ln1 = _tensor(f, f"{pre}.ln1.weight", (d,)), _tensor(f, f"{pre}.ln1.bias", (d,))
     ln2 = _tensor(f, f"{pre}.ln2.weight", (d,)), _tensor(f, f"{pre}.ln2.bias", (d,))
-    h = g.layer_norm(x, *ln1, eps, f"{pre}.ln1")
+    w = {k: _tensor(f, f"{pre}.{k}.weight", (d, d)) for k in ("attn_q", "attn_k", "attn_v", "attn_out")}
+    b = {k: _tensor(f, f"{pre}.{k}.bias", (d,), required=False) or _zeros(d) for k in w}
+    fc1_w, fc1_b, fc2_w, fc2_b = _fc1_fc2(f, il, d, p["ffn"])
 
+    h = g.layer_norm(x, *ln1, eps, f"{pre}.ln1")
     # One [D, 3D] matmul for q, k, v. The 1/sqrt(dh) scale is folded into q's weights (exact for the
     # power-of-two scales of CLIP: dh = 64 -> 1/8).
-    scale = np.float32(dh**-0.5)
-    w_qkv = np.concatenate([w("attn_q") * scale, w("attn_k"), w("attn_v")])  # [3D, D]
-    b_qkv = np.concatenate([b("attn_q") * scale, b("attn_k"), b("attn_v")])
+    scale = np.float32((d // n_head) ** -0.5)
+    w_qkv = lambda: np.concatenate([w["attn_q"]() * scale, w["attn_k"](), w["attn_v"]()])  # noqa: E731
+    b_qkv = lambda: np.concatenate([b["attn_q"]() * scale, b["attn_k"](), b["attn_v"]()])  # noqa: E731
     qkv = g.linear(h, w_qkv, b_qkv, f"{pre}.attn_qkv")  # [N, T, 3D]
     q, k, v = g.op("Split", [qkv, "split_d3"], [f"{pre}.q", f"{pre}.k", f"{pre}.v"], axis=-1)
     heads = "shape_heads"  # [N, T, H, dh]
@@ -279,19 +283,17 @@ def _encoder_layer(g: _Graph, f: GGUFFile, x: str, il: int, p: dict) -> str:
     ctx = g.op("MatMul", [probs, v], f"{pre}.ctx")  # [N, H, T, dh]
     ctx = g.op("Transpose", [ctx], f"{pre}.ctx_t", perm=[0, 2, 1, 3])
     ctx = g.op("Reshape", [ctx, "shape_tokens"], f"{pre}.ctx3")  # [N, T, D]
-    attn = g.linear(ctx, w("attn_out"), b("attn_out"), f"{pre}.attn_out")
+    attn = g.linear(ctx, w["attn_out"], b["attn_out"], f"{pre}.attn_out")
     x = g.op("Add", [x, attn], f"{pre}.res1")
 
-    fc1_w, fc1_b, fc2_w, fc2_b = _fc1_fc2(f, il, d, p["ffn"])
     h = g.layer_norm(x, *ln2, eps, f"{pre}.ln2")
     h = _activation(g, g.linear(h, fc1_w, fc1_b, f"{pre}.fc1"), p["activation"], f"{pre}.act")
     h = g.linear(h, fc2_w, fc2_b, f"{pre}.fc2")
     return g.op("Add", [x, h], f"{pre}.res2")
 
 
-def _build_model(f: GGUFFile, p: dict):
-    from onnx import TensorProto, helper
-
+def _build_graph(f: GGUFFile, p: dict) -> _Graph:
+    """The whole tower; every tensor it needs is checked here, before anything is written."""
     d, patch = p["width"], p["patch_size"]
     n_patches, t = p["n_tokens"], p["n_tokens"] + 1
     if "v.post_ln.weight" in f.tensors:
@@ -315,14 +317,14 @@ def _build_model(f: GGUFFile, p: dict):
     x = g.op("Reshape", [x, g.const("shape_patches", [0, d, n_patches])], "patches3")
     x = g.op("Transpose", [x], "patches_t", perm=[0, 2, 1])
     pos = _tensor(f, "v.position_embd.weight", (t, d))
-    x = g.op("Add", [x, g.const("position_embd.patches", pos[None, 1:])], "patches_pos")
+    x = g.op("Add", [x, g.const("position_embd.patches", lambda: pos()[None, 1:])], "patches_pos")
 
     # CLS first, as CLIP does, with its position (0) added once here: [1, 1, D] broadcast to [N, 1, D].
-    cls = _tensor(f, "v.class_embd", (d,)) + pos[0]
+    cls = _tensor(f, "v.class_embd", (d,))
     batch = g.op("Shape", [INPUT_NAME], "batch", start=0, end=1)
     cls_shape = g.op("Concat", [batch, g.const("one_d", [1, d])], "cls_shape", axis=0)
-    cls = g.op("Expand", [g.const("class_embd_pos", cls[None, None]), cls_shape], "cls")
-    x = g.op("Concat", [cls, x], "embeddings", axis=1)  # [N, T, D]
+    cls_pos = g.const("class_embd_pos", lambda: (cls() + pos()[0])[None, None])
+    x = g.op("Concat", [g.op("Expand", [cls_pos, cls_shape], "cls"), x], "embeddings", axis=1)  # [N, T, D]
 
     pre_w = _tensor(f, "v.pre_ln.weight", (d,), required=False)
     if pre_w is not None:
@@ -331,14 +333,19 @@ def _build_model(f: GGUFFile, p: dict):
         x = _encoder_layer(g, f, x, il, p)
     starts, ends, axes = g.const("cls_start", [1]), g.const("cls_end", [t]), g.const("token_axis", [1])
     g.op("Slice", [x, starts, ends, axes], OUTPUT_NAME)
+    return g
+
+
+def _model_proto(g: _Graph, p: dict):
+    """The ModelProto without initializers: those are streamed after it (see _write_onnx)."""
+    from onnx import TensorProto, helper
 
     image = p["image_size"]
     graph = helper.make_graph(
         g.nodes,
         "clip_vision_from_mmproj",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, image, image])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", n_patches, d])],
-        initializer=g.initializers,
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", p["n_tokens"], p["width"]])],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="llava-edge.mmproj_onnx"
@@ -347,13 +354,65 @@ def _build_model(f: GGUFFile, p: dict):
     return model
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len_field(number: int, length: int) -> bytes:
+    """Key and length of a length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _write_onnx(out, model, initializers: list[tuple[str, Load]], source: Path) -> str:
+    """The model, then one initializer at a time, so the tower is never in memory twice. Returns the
+    SHA-256 of what was written.
+
+    Protobuf merges repeated occurrences of an embedded message field, so each initializer goes out as its
+    own `graph` field holding just that `initializer`: onnx and onnxruntime read one graph with all of them.
+    """
+    from onnx import GraphProto, ModelProto, TensorProto
+
+    graph_field = ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+    init_field = GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+    raw_field = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+    dtypes = {"f": (np.dtype("<f4"), TensorProto.FLOAT), "i": (np.dtype("<i8"), TensorProto.INT64)}
+    digest = hashlib.sha256()
+
+    def write(data) -> None:
+        out.write(data)
+        digest.update(data)
+
+    write(model.SerializeToString())
+    total = 0
+    for name, load in initializers:
+        array = load()
+        dtype, onnx_type = dtypes[array.dtype.kind]
+        array = np.ascontiguousarray(array, dtype)  # raw_data is little-endian
+        header = TensorProto(name=name, data_type=onnx_type, dims=array.shape).SerializeToString()
+        tensor_len = len(header) + len(_len_field(raw_field, array.nbytes)) + array.nbytes
+        init = _len_field(init_field, tensor_len)
+        write(_len_field(graph_field, len(init) + tensor_len) + init + header)
+        write(_len_field(raw_field, array.nbytes))
+        write(array.reshape(-1).data)
+        total += array.nbytes
+        if total >= 2**31 - 2**24:  # protobuf's 2 GiB message limit, with room for the graph itself
+            raise ModelError(f"{source}: the tower's weights exceed 2 GiB, too large for a single-file ONNX")
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write: Callable):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            result = write(out)
         os.replace(tmp, path)
+        return result
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -370,16 +429,16 @@ def build_clip_onnx(mmproj_path: str | os.PathLike, out_path: str | os.PathLike)
 def _build(mmproj_path: Path, out_path: Path, mmproj_sha256: str) -> dict:
     with GGUFFile.open(mmproj_path) as f:
         p = read_clip_params(f)
-        data = _build_model(f, p).SerializeToString()
-    _write_atomic(out_path, data)
-    del data
+        g = _build_graph(f, p)
+        model = _model_proto(g, p)
+        sha256 = _write_atomic(out_path, lambda out: _write_onnx(out, model, g.initializers, mmproj_path))
     meta = {k: p[k] for k in ("image_size", "patch_size", "width", "n_tokens", "select_layer", "n_layers")}
     meta.update(drop_cls=True, activation=p["activation"], layer_norm_eps=p["layer_norm_eps"])
     meta.update(image_mean=p["image_mean"], image_std=p["image_std"])
     for key in ("image_grid_pinpoints", "mm_patch_merge_type", "image_newline_tensor"):
         if key in p:
             meta[key] = p[key]
-    meta.update(onnx_file=out_path.name, sha256=file_sha256(out_path), mmproj_sha256=mmproj_sha256)
+    meta.update(onnx_file=out_path.name, sha256=sha256, mmproj_sha256=mmproj_sha256)
     return meta
 
 
@@ -398,5 +457,5 @@ def cached_clip_onnx(mmproj_path: str | os.PathLike, cache_dir: str | os.PathLik
         return onnx_path
     meta = _build(mmproj_path, onnx_path, sha)
     meta["source"] = mmproj_path.name
-    _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
+    _write_atomic(meta_path, lambda out: out.write(json.dumps(meta, indent=1).encode()))
     return onnx_path

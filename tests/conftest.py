@@ -48,6 +48,16 @@ def _llama_cpp_source() -> Path:
     return src
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _run_outside_the_source_tree(tmp_path_factory):
+    """Tests that start `python -m llava_edge...` must import the installed package (with its compiled
+    extension), not the bare sources that the repository root would put first on sys.path."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(here)
+
+
 @pytest.fixture(scope="session")
 def llama_cpp_src() -> Path:
     return _llama_cpp_source()

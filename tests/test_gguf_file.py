@@ -298,8 +298,12 @@ def test_bad_files_need_no_big_allocation(bad_files):
     assert report["results"] == {case: "GGUFError" for case in sorted(bad_files)}
 
 
-def test_open_refuses_missing_file_and_directory(tmp_path):
-    for path in (tmp_path / "missing.gguf", tmp_path):
+def test_open_refuses_missing_file_directory_and_fifo(tmp_path):
+    paths = [tmp_path / "missing.gguf", tmp_path]
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.gguf")  # opening it for reading would block forever
+        paths.append(tmp_path / "fifo.gguf")
+    for path in paths:
         with pytest.raises(GGUFError) as info:
             GGUFFile.open(path)
         assert_good_message(info.value, path, "file")

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
+onnx = pytest.importorskip("onnx")
 
 from test_vision_tower import IMAGE, LAYERS, PATCH, WIDTH, hidden_state, pixels, rel_err, tiny_llava  # noqa: E402
 
@@ -109,6 +110,12 @@ def test_mmproj_tower_matches_transformers(mmprojs, variant, tmp_path):
     assert meta["image_mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073], abs=1e-7)
     assert meta["sha256"] == file_sha256(tmp_path / "clip.onnx")
     assert meta["mmproj_sha256"] == file_sha256(path)
+    # the initializers are streamed in as separate `graph` chunks: a plain protobuf reader merges them
+    model = onnx.load(tmp_path / "clip.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    names = {t.name for t in model.graph.initializer}
+    assert {"patch_embd.weight", "class_embd_pos", "v.blk.1.fc2.weight_t"} <= names
+    assert not any(n.startswith(f"v.blk.{LAYERS - 1}.") for n in names)
 
 
 def test_converter_layout_facts(mmprojs):

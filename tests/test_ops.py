@@ -176,8 +176,10 @@ def test_rms_norm_matches_f64():
     x = np.zeros((2, 33), np.float32)
     np.testing.assert_array_equal(K.rms_norm(x, np.ones(33, np.float32), 1e-6), x)  # no NaN for zeros
     x3 = rng.standard_normal((2, 3, 17)).astype(np.float32)  # any leading dims
-    np.testing.assert_array_equal(K.rms_norm(x3, np.ones(17, np.float32), 1e-5).reshape(6, 17),
-                                  K.rms_norm(x3.reshape(6, 17), np.ones(17, np.float32), 1e-5))
+    np.testing.assert_array_equal(
+        K.rms_norm(x3, np.ones(17, np.float32), 1e-5).reshape(6, 17),
+        K.rms_norm(x3.reshape(6, 17), np.ones(17, np.float32), 1e-5),
+    )
 
 
 def test_rms_norm_matches_transformers():
@@ -196,9 +198,10 @@ def test_rms_norm_matches_transformers():
 
 def _elementwise_inputs(rng: np.random.Generator) -> list[np.ndarray]:
     special = np.array([0.0, -0.0, 1e-30, -1e-30, 5.0, -5.0, 20.0, -20.0, 90.0, -90.0, 100.0, -100.0])
-    return [
-        rng.standard_normal(n).astype(np.float32) * 4 for n in (1, 3, 17, 1023, 50_000)
-    ] + [special.astype(np.float32), rng.standard_normal((3, 17, 5)).astype(np.float32)]
+    return [rng.standard_normal(n).astype(np.float32) * 4 for n in (1, 3, 17, 1023, 50_000)] + [
+        special.astype(np.float32),
+        rng.standard_normal((3, 17, 5)).astype(np.float32),
+    ]
 
 
 def test_silu_mul_gelu_gelu_quick_match_f64():
@@ -282,15 +285,21 @@ def llama_to_hf(x: np.ndarray) -> np.ndarray:
 
 def test_rope_matches_f64_with_guards():
     rng = np.random.default_rng(11)
-    for n_tok, n_head, hd, n_rot, theta in [(1, 1, 2, 2, 1e4), (3, 3, 34, 34, 1e4), (17, 4, 128, 128, 1e6),
-                                            (33, 2, 64, 32, 5e5)]:
+    for n_tok, n_head, hd, n_rot, theta in [
+        (1, 1, 2, 2, 1e4),
+        (3, 3, 34, 34, 1e4),
+        (17, 4, 128, 128, 1e6),
+        (33, 2, 64, 32, 5e5),
+    ]:
         pos = rng.integers(0, 4096, n_tok).astype(np.int32)
         buf = rng.standard_normal((n_tok + 2, n_head, hd)).astype(np.float32)
         guard = buf[[0, -1]].copy()
         x = buf[1:-1]
         x0 = x.copy()
         assert K.rope(x, pos, theta, n_rot) is None
-        np.testing.assert_allclose(x, rope_ref_f64(x0, pos, theta, n_rot), rtol=0, atol=1e-6 * np.abs(x0).max())
+        np.testing.assert_allclose(
+            x, rope_ref_f64(x0, pos, theta, n_rot), rtol=0, atol=1e-6 * np.abs(x0).max()
+        )
         np.testing.assert_array_equal(x[..., n_rot:], x0[..., n_rot:])  # dims past n_rot untouched
         np.testing.assert_array_equal(buf[[0, -1]], guard)
     x = rng.standard_normal((2, 1, 8)).astype(np.float32)
@@ -326,8 +335,13 @@ def test_rope_matches_transformers_mistral(theta):
 
     rng = np.random.default_rng(13)
     n_head, hd = 2, 128
-    cfg = MistralConfig(hidden_size=n_head * hd, num_attention_heads=n_head, num_key_value_heads=n_head,
-                        head_dim=hd, max_position_embeddings=32768)
+    cfg = MistralConfig(
+        hidden_size=n_head * hd,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_head,
+        head_dim=hd,
+        max_position_embeddings=32768,
+    )
     cfg.rope_parameters = {"rope_type": "default", "rope_theta": theta}
     rotary = MistralRotaryEmbedding(cfg)
     pos = np.concatenate([np.arange(64), rng.integers(64, 32768, 100), [32767]]).astype(np.int32)

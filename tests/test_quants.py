@@ -451,6 +451,36 @@ def test_vec_dot_active_isa_close_to_ref(t):
         assert abs(K.vec_dot(t, q, x) - ref) <= 1e-5 * scale + 1e-30
 
 
+def random_weight_rows(t: int, n: int, rows: int, seed: int) -> np.ndarray:
+    """Random bytes as weight rows (every code, -128 included for Q8_0), with finite fp16 scales."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(rows, K.row_size(t, n)), dtype=np.uint8)
+    blocks = data.reshape(rows, -1, K.type_size(t))
+    scales = rng.uniform(-1, 1, blocks.shape[:2]).astype(np.float16)
+    blocks[..., :2] = scales[..., None].view(np.uint8)
+    return data
+
+
+@pytest.mark.parametrize("isa", K.supported_isas())
+@pytest.mark.parametrize("t", [GGMLType.Q4_0, GGMLType.Q8_0], ids=lambda t: t.name)
+def test_every_isa_vec_dot_matches_ref_on_extremes(isa, t):
+    """Each compiled variant against the reference on odd block counts, every weight code, activations
+    at the ends of their range, and zero blocks."""
+    for nblocks in (1, 2, 3, 17, 127, 129):
+        n = 32 * nblocks
+        weights = random_weight_rows(t, n, 4, nblocks)
+        acts = [lcg(n, nblocks), np.where(lcg(n, 7) > 0, 1.0, -1.0).astype(np.float32)]  # codes +-127
+        zero_block = lcg(n, 8)
+        zero_block[32 : 64 if n >= 64 else 32] = 0
+        acts.append(zero_block)
+        for q in weights:
+            wd = K.dequantize(t, q, n)[0].astype(np.float64)
+            for x in acts:
+                ref = K._vec_dot_isa("ref", t, q, x)
+                got = K._vec_dot_isa(isa, t, q, x)
+                assert abs(got - ref) <= 1e-5 * np.abs(wd * x).sum(), f"{isa} n={n}: {got} vs {ref}"
+
+
 @pytest.mark.parametrize("t", FLOAT_TYPES, ids=lambda t: t.name)
 def test_float_vec_dot_is_the_f64_dot(t):
     for n in odd_lengths(t):
@@ -528,6 +558,8 @@ def test_bad_arguments_raise_clear_errors():
         K.dequantize(GGMLType.Q4_0, np.zeros(36, np.uint8), 0)
     with pytest.raises(ValueError, match="multiple"):
         K.dequantize(GGMLType.Q4_0, np.zeros(36, np.uint8), 48)
+    with pytest.raises(ValueError, match="too large"):  # n * 4 bytes would overflow int64
+        K.dequantize(GGMLType.F32, np.zeros(36, np.uint8), 2**62)
     with pytest.raises(ValueError, match="C-contiguous"):
         K.dequantize(GGMLType.Q8_0, np.zeros((34, 2), np.uint8).T, 32)
     with pytest.raises(TypeError, match="buffer protocol"):
@@ -677,6 +709,7 @@ class Ggml:
         fn = getattr(self.base, f"quantize_row_{name}_ref")
         fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
         x = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
+        # Zeroed: llama.cpp's Q8_K leaves bsums of an all-zero block unwritten, where we store zeros.
         out = np.zeros((x.shape[0], K.row_size(t, x.shape[1])), np.uint8)
         for r in range(x.shape[0]):
             fn(x[r].ctypes.data, out[r].ctypes.data, x.shape[1])

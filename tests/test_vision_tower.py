@@ -140,6 +140,37 @@ def test_other_select_layer_keeps_cls(tmp_path):
         export_vision_onnx(tower, tmp_path / "bad.onnx", select_layer=-5)
 
 
+def test_find_vision_tower_in_llava_next():
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        MistralConfig,
+    )
+
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    text = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=[[28, 28]])
+    model = LlavaNextForConditionalGeneration(config)
+    assert find_vision_tower(model) is model.model.vision_tower
+    with pytest.raises(ModelError, match="no vision_tower"):
+        find_vision_tower(model.model.language_model)
+
+
 def test_encode_checks_shapes(exported):
     _, path, _ = exported
     tower = VisionTower(path)

@@ -7,12 +7,13 @@ means exactly the same thing to llama.cpp as to us. Tensors are converted and wr
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConvertError
+from ..ggml_types import GGMLType
 from ..gguf_writer import GGUFWriter
 from ..quant_rules import FILE_TYPES, encode_tensor, tensor_type
 from .checkpoint import Checkpoint
@@ -92,21 +93,64 @@ def decoder_tensor_names(
     return names
 
 
+def decoder_tensors(
+    ckpt: Checkpoint, meta: dict, prefix: str = "model.", head: str = "lm_head.weight"
+) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
+    """(GGUF name, shape, loader) for every decoder tensor under `prefix`, Q/K rows permuted for llama.cpp.
+
+    Without `head` in the checkpoint the embeddings are tied: llama.cpp then reuses token_embd.
+    """
+    n_layers, n_heads = meta["llama.block_count"], meta["llama.attention.head_count"]
+    n_kv_heads = meta["llama.attention.head_count_kv"]
+    names = decoder_tensor_names(n_layers, prefix, head)
+    if head not in ckpt:
+        names.pop(head)
+    missing = [hf for hf in names if hf not in ckpt]
+    if missing:
+        raise ConvertError(f"{ckpt.dir}: tensors missing from the checkpoint: {', '.join(missing[:4])}")
+    rows = ckpt.shape(f"{prefix}embed_tokens.weight")[0]
+    if rows != meta["llama.vocab_size"]:
+        raise ConvertError(
+            f"{ckpt.dir}: {prefix}embed_tokens.weight has {rows} rows but the config's vocab_size is "
+            f"{meta['llama.vocab_size']}"
+        )
+
+    def loader(hf_name: str, gguf_name: str):
+        def load() -> np.ndarray:
+            w = ckpt.get(hf_name).float().numpy()
+            if gguf_name.endswith("attn_q.weight"):
+                w = permute_qk(w, n_heads)
+            elif gguf_name.endswith("attn_k.weight"):
+                w = permute_qk(w, n_kv_heads)
+            return w
+
+        return load
+
+    return [(gg, ckpt.shape(hf), loader(hf, gg)) for hf, gg in names.items()]
+
+
 def write_tensors(
     writer: GGUFWriter,
     tensors: Iterable[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
     file_type: str,
     n_layers: int,
     progress: bool = True,
+    types: Mapping[str, GGMLType] | None = None,
 ) -> None:
-    """Declare then stream tensors: (GGUF name, numpy shape, loader returning float32 data)."""
+    """Declare then stream tensors: (GGUF name, numpy shape, loader returning float32 data).
+
+    Each tensor's type follows `quant_rules.tensor_type` unless `types` names it.
+    """
     tensors = list(tensors)
-    types = []
+    chosen = []
     for name, shape, _ in tensors:
         gguf_shape = tuple(reversed(shape))
-        types.append(tensor_type(name, gguf_shape, file_type, n_layers))
-        writer.add_tensor_info(name, gguf_shape, types[-1])
-    for i, ((name, _, load), ggml_type) in enumerate(zip(tensors, types, strict=True)):
+        if types and name in types:
+            chosen.append(GGMLType(types[name]))
+        else:
+            chosen.append(tensor_type(name, gguf_shape, file_type, n_layers))
+        writer.add_tensor_info(name, gguf_shape, chosen[-1])
+    for i, ((name, _, load), ggml_type) in enumerate(zip(tensors, chosen, strict=True)):
         if progress:
             print(
                 f"\r[{i + 1}/{len(tensors)}] {name:<32} {ggml_type.name:<5}",
@@ -137,28 +181,9 @@ def export_text_model(
     if arch not in TEXT_ARCHITECTURES:
         raise ConvertError(f"{model_dir}/config.json: architecture {arch!r} is not a supported text model")
     meta = decoder_metadata(cfg, f"{model_dir}/config.json")
-    n_layers, n_heads = meta["llama.block_count"], meta["llama.attention.head_count"]
-    n_kv_heads = meta["llama.attention.head_count_kv"]
+    n_layers = meta["llama.block_count"]
 
-    names = decoder_tensor_names(n_layers)
-    if "lm_head.weight" not in ckpt:
-        names.pop("lm_head.weight")  # tied embeddings: llama.cpp reuses token_embd
-    missing = [hf for hf in names if hf not in ckpt]
-    if missing:
-        raise ConvertError(f"{model_dir}: tensors missing from the checkpoint: {', '.join(missing[:4])}")
-
-    def loader(hf_name: str, gguf_name: str):
-        def load() -> np.ndarray:
-            w = ckpt.get(hf_name).float().numpy()
-            if gguf_name.endswith("attn_q.weight"):
-                w = permute_qk(w, n_heads)
-            elif gguf_name.endswith("attn_k.weight"):
-                w = permute_qk(w, n_kv_heads)
-            return w
-
-        return load
-
-    tensors = [(gg, ckpt.shape(hf), loader(hf, gg)) for hf, gg in names.items()]
+    tensors = decoder_tensors(ckpt, meta)
     with GGUFWriter(out_path) as w:
         w.add("general.architecture", "llama")
         w.add("general.name", cfg.get("_name_or_path") or model_dir.name)
