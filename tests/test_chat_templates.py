@@ -23,8 +23,8 @@ EXPECTED = {
     "mistral_instruct": [
         "[INST] <image>\nWhat is this? [/INST]",
         "[INST] <image>\nWhat is this? [/INST] A red circle. </s>[INST] Where is it? [/INST]",
-        "[INST] <image>\nWhat is this? [/INST] A red circle. </s>[INST] Where is it? [/INST] On the left. </s>"
-        "[INST] How many are there? [/INST]",
+        "[INST] <image>\nWhat is this? [/INST] A red circle. </s>[INST] Where is it? [/INST] "
+        "On the left. </s>[INST] How many are there? [/INST]",
     ],
     "llava_v1": [
         f"{SYSTEM} USER: <image>\nWhat is this? ASSISTANT:",
