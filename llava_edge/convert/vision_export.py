@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -74,6 +75,20 @@ class SelectedLayer(nn.Module):
 
 
 @contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter warns about every torchvision op it cannot register when torchvision is absent."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _eager_attention(config):
     previous = getattr(config, "_attn_implementation", None)
     if previous is None:
@@ -120,8 +135,7 @@ def export_vision_onnx(
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, image_size, image_size, generator=generator)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with _eager_attention(config), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _eager_attention(config), torch.no_grad(), _quiet_exporter():
         torch.onnx.export(
             module,
             (example,),
