@@ -34,8 +34,8 @@ void check_weight_type(GGMLType t, const char* fn) {
 void check_block_multiple(GGMLType t, int64_t n, const char* fn) {
     const int64_t bs = block_size(t);
     require(n > 0 && n % bs == 0, fn,
-            std::string(type_name(t)) + " rows need a positive multiple of " + std::to_string(bs) +
-                " values, got " + std::to_string(n));
+            std::string(type_name(t)) + " rows need a positive multiple of " + std::to_string(bs) + " values, got " +
+                std::to_string(n));
 }
 
 // Per-thread scratch that keeps its capacity between calls (prefill would otherwise fault in fresh pages
@@ -43,6 +43,18 @@ void check_block_multiple(GGMLType t, int64_t n, const char* fn) {
 std::vector<uint8_t>& act_scratch() {
     thread_local std::vector<uint8_t> buf;
     return buf;
+}
+
+// W rows [n_rows] x activation rows [n_toks] -> Y [n_toks, n_rows] with row stride ldy. One weight row at a
+// time against every token of the tile, so the row is fetched once and reused from L1. The SIMD step
+// replaces this with a register-blocked micro-kernel (several rows x several tokens per inner loop).
+void matmul_block_ref(VecDotFn dot, const uint8_t* LE_RESTRICT w, int64_t w_stride, int64_t n_rows,
+                      const uint8_t* LE_RESTRICT act, int64_t act_stride, int64_t n_toks, float* LE_RESTRICT y,
+                      int64_t ldy, int64_t n_in) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const uint8_t* w_row = w + r * w_stride;
+        for (int64_t t = 0; t < n_toks; ++t) y[t * ldy + r] = dot(w_row, act + t * act_stride, n_in);
+    }
 }
 
 }  // namespace
@@ -63,11 +75,12 @@ bool is_weight_type(GGMLType t) {
     }
 }
 
+// SIMD tables will be picked here from isa.h's active_isa(), once; until then every ISA runs the reference.
 const OpsKernels& ops_kernels() { return ops_kernels_ref; }
 
 // W [n_out, n_in] x X [n_tok, n_in] -> Y [n_tok, n_out]
-void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, float* LE_RESTRICT y,
-            int64_t n_out, int64_t n_in, int64_t n_tok) {
+void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n_out,
+            int64_t n_in, int64_t n_tok) {
     check_weight_type(wt, "matmul");
     check_block_multiple(wt, n_in, "matmul");
     require(n_out >= 0 && n_tok >= 0, "matmul", "negative size");
@@ -84,7 +97,8 @@ void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, 
         const int64_t act_bytes = row_size(at, n_in);
         act_stride = (act_bytes + kActRowAlign - 1) / kActRowAlign * kActRowAlign;
         std::vector<uint8_t>& scratch = act_scratch();
-        if (int64_t(scratch.size()) < n_tok * act_stride + kActRowAlign) scratch.resize(size_t(n_tok * act_stride + kActRowAlign));
+        if (int64_t(scratch.size()) < n_tok * act_stride + kActRowAlign)
+            scratch.resize(size_t(n_tok * act_stride + kActRowAlign));
         const uintptr_t base = reinterpret_cast<uintptr_t>(scratch.data());
         uint8_t* buf = scratch.data() + ((kActRowAlign - base % kActRowAlign) % kActRowAlign);
         parallel_for(
@@ -107,18 +121,16 @@ void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, 
         [&](int64_t r0, int64_t r1) {
             for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
                 const int64_t t1 = std::min(n_tok, t0 + tile);
-                for (int64_t r = r0; r < r1; ++r) {
-                    const uint8_t* w_row = wb + r * w_stride;
-                    for (int64_t t = t0; t < t1; ++t) y[t * n_out + r] = dot(w_row, act + t * act_stride, n_in);
-                }
+                matmul_block_ref(dot, wb + r0 * w_stride, w_stride, r1 - r0, act + t0 * act_stride, act_stride, t1 - t0,
+                                 y + t0 * n_out + r0, n_out, n_in);
             }
         },
         std::max<int64_t>(1, kMinMacsPerChunk / (n_in * n_tok)));
 }
 
 // W [n_rows, n_in], ids [n] -> Y [n, n_in]
-void get_rows(GGMLType wt, const void* LE_RESTRICT w, int64_t n_rows, int64_t n_in,
-              const int32_t* LE_RESTRICT ids, int64_t n, float* LE_RESTRICT y) {
+void get_rows(GGMLType wt, const void* LE_RESTRICT w, int64_t n_rows, int64_t n_in, const int32_t* LE_RESTRICT ids,
+              int64_t n, float* LE_RESTRICT y) {
     check_weight_type(wt, "get_rows");
     check_block_multiple(wt, n_in, "get_rows");
     require(n_rows >= 0 && n >= 0, "get_rows", "negative size");
@@ -138,8 +150,8 @@ void get_rows(GGMLType wt, const void* LE_RESTRICT w, int64_t n_rows, int64_t n_
 }
 
 // X [n, d], w [d] -> Y [n, d]
-void rms_norm(const float* LE_RESTRICT x, const float* LE_RESTRICT w, float* LE_RESTRICT y, int64_t n,
-              int64_t d, float eps) {
+void rms_norm(const float* LE_RESTRICT x, const float* LE_RESTRICT w, float* LE_RESTRICT y, int64_t n, int64_t d,
+              float eps) {
     require(n >= 0 && d > 0, "rms_norm", "need n >= 0 and d > 0");
     const OpsKernels& k = ops_kernels();
     parallel_for(
@@ -162,8 +174,8 @@ void rope_inv_freq(float theta, int64_t n_rot, float* LE_RESTRICT inv_freq) {
 }
 
 // X [n_tok, n_head, head_dim] in place, pos [n_tok]
-void rope(float* LE_RESTRICT x, const int32_t* LE_RESTRICT pos, int64_t n_tok, int64_t n_head,
-          int64_t head_dim, int64_t n_rot, float theta) {
+void rope(float* LE_RESTRICT x, const int32_t* LE_RESTRICT pos, int64_t n_tok, int64_t n_head, int64_t head_dim,
+          int64_t n_rot, float theta) {
     require(n_tok >= 0 && n_head > 0 && head_dim > 0, "rope", "need n_tok >= 0, n_head > 0, head_dim > 0");
     require(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim, "rope",
             "n_rot must be even and in [2, head_dim = " + std::to_string(head_dim) + "], got " + std::to_string(n_rot));
@@ -190,10 +202,9 @@ void rope(float* LE_RESTRICT x, const int32_t* LE_RESTRICT pos, int64_t n_tok, i
 }
 
 // Q [n_q, n_head, hd] x K, V [n_k, n_kv, hd] -> O [n_q, n_head, hd]
-void attention(const float* LE_RESTRICT q, const int32_t* LE_RESTRICT q_pos, int64_t n_q, int64_t n_head,
-               int64_t hd, GGMLType kv_type, const void* LE_RESTRICT k, const void* LE_RESTRICT v,
-               const int32_t* LE_RESTRICT k_pos, int64_t n_k, int64_t n_kv, int64_t window,
-               float* LE_RESTRICT out) {
+void attention(const float* LE_RESTRICT q, const int32_t* LE_RESTRICT q_pos, int64_t n_q, int64_t n_head, int64_t hd,
+               GGMLType kv_type, const void* LE_RESTRICT k, const void* LE_RESTRICT v, const int32_t* LE_RESTRICT k_pos,
+               int64_t n_k, int64_t n_kv, int64_t window, float* LE_RESTRICT out) {
     require(kv_type == GGMLType::F32 || kv_type == GGMLType::F16 || kv_type == GGMLType::Q8_0, "attention",
             "KV cache type must be F32, F16 or Q8_0");
     check_block_multiple(kv_type, hd, "attention");
@@ -246,7 +257,8 @@ void attention(const float* LE_RESTRICT q, const int32_t* LE_RESTRICT q_pos, int
                 for (int64_t m = 0; m < n_vis; ++m) {
                     const float e = std::exp(scores[size_t(m)] - max);
                     sum += e;
-                    const float* vr = kv_row_f32(vb + int64_t(visible[size_t(m)]) * kv_tok + kvh * kv_row, v_buf.data());
+                    const float* vr =
+                        kv_row_f32(vb + int64_t(visible[size_t(m)]) * kv_tok + kvh * kv_row, v_buf.data());
                     ker.axpy_f32(e, vr, acc.data(), hd);
                 }
                 const float inv = n_vis > 0 ? float(1.0 / sum) : 0.0f;  // no visible key: zeros

@@ -18,22 +18,22 @@ bool is_weight_type(GGMLType t);
 // W [n_out, n_in] (rows of row_size(wt, n_in) bytes, used in place) x X [n_tok, n_in] -> Y [n_tok, n_out]
 // Y = X W^T. Each X row is quantized once to act_type(wt); Y[t, r] depends only on W row r and X row t,
 // so results are bit-identical for any thread count and any n_tok.
-void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, float* LE_RESTRICT y,
-            int64_t n_out, int64_t n_in, int64_t n_tok);
+void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n_out,
+            int64_t n_in, int64_t n_tok);
 
 // W [n_rows, n_in] of type wt, ids [n] -> Y [n, n_in] (dequantized rows). Throws std::out_of_range.
-void get_rows(GGMLType wt, const void* LE_RESTRICT w, int64_t n_rows, int64_t n_in,
-              const int32_t* LE_RESTRICT ids, int64_t n, float* LE_RESTRICT y);
+void get_rows(GGMLType wt, const void* LE_RESTRICT w, int64_t n_rows, int64_t n_in, const int32_t* LE_RESTRICT ids,
+              int64_t n, float* LE_RESTRICT y);
 
 // X [n, d], w [d] -> Y [n, d]; y = x * rsqrt(mean(x^2) + eps) * w (transformers' MistralRMSNorm order).
-void rms_norm(const float* LE_RESTRICT x, const float* LE_RESTRICT w, float* LE_RESTRICT y, int64_t n,
-              int64_t d, float eps);
+void rms_norm(const float* LE_RESTRICT x, const float* LE_RESTRICT w, float* LE_RESTRICT y, int64_t n, int64_t d,
+              float eps);
 
 // X [n_tok, n_head, head_dim] rotated in place; pos [n_tok]. llama.cpp "normal" RoPE: the pair
 // (x[2i], x[2i+1]), i < n_rot/2, turns by pos * theta^(-2i/n_rot); dims >= n_rot are left alone.
 // Angles are computed as transformers does, in f32 (see rope_inv_freq).
-void rope(float* LE_RESTRICT x, const int32_t* LE_RESTRICT pos, int64_t n_tok, int64_t n_head,
-          int64_t head_dim, int64_t n_rot, float theta);
+void rope(float* LE_RESTRICT x, const int32_t* LE_RESTRICT pos, int64_t n_tok, int64_t n_head, int64_t head_dim,
+          int64_t n_rot, float theta);
 // inv_freq [n_rot/2] as transformers computes it: 1 / f32(theta ** f32(2i / n_rot)), in f32.
 void rope_inv_freq(float theta, int64_t n_rot, float* LE_RESTRICT inv_freq);
 
@@ -41,10 +41,9 @@ void rope_inv_freq(float theta, int64_t n_rot, float* LE_RESTRICT inv_freq);
 // Head h reads KV head h / (n_head / n_kv); scale 1/sqrt(hd). Key j is visible to query i iff
 // k_pos[j] >= 0 && k_pos[j] <= q_pos[i] && (window == 0 || q_pos[i] - k_pos[j] < window); keys may be in
 // any order (ring buffer). A query that sees no key gets a zero output.
-void attention(const float* LE_RESTRICT q, const int32_t* LE_RESTRICT q_pos, int64_t n_q, int64_t n_head,
-               int64_t hd, GGMLType kv_type, const void* LE_RESTRICT k, const void* LE_RESTRICT v,
-               const int32_t* LE_RESTRICT k_pos, int64_t n_k, int64_t n_kv, int64_t window,
-               float* LE_RESTRICT out);
+void attention(const float* LE_RESTRICT q, const int32_t* LE_RESTRICT q_pos, int64_t n_q, int64_t n_head, int64_t hd,
+               GGMLType kv_type, const void* LE_RESTRICT k, const void* LE_RESTRICT v, const int32_t* LE_RESTRICT k_pos,
+               int64_t n_k, int64_t n_kv, int64_t window, float* LE_RESTRICT out);
 
 // Elementwise over n values: silu(g) * u; exact erf GELU; quick GELU x * sigmoid(1.702 x).
 void silu_mul(const float* LE_RESTRICT g, const float* LE_RESTRICT u, float* LE_RESTRICT y, int64_t n);
@@ -61,11 +60,10 @@ void add_inplace(float* LE_RESTRICT a, const float* LE_RESTRICT b, int64_t n, in
 struct OpsKernels {
     const char* name;
     // x [d], w [d] -> y [d]
-    void (*rms_norm_row)(const float* LE_RESTRICT x, const float* LE_RESTRICT w, float* LE_RESTRICT y,
-                         int64_t d, float eps);
+    void (*rms_norm_row)(const float* LE_RESTRICT x, const float* LE_RESTRICT w, float* LE_RESTRICT y, int64_t d,
+                         float eps);
     // x [n_rot] pairs rotated in place by (cos[i], sin[i]), i < n_rot/2
-    void (*rope_pairs)(float* LE_RESTRICT x, const float* LE_RESTRICT cos, const float* LE_RESTRICT sin,
-                       int64_t n_rot);
+    void (*rope_pairs)(float* LE_RESTRICT x, const float* LE_RESTRICT cos, const float* LE_RESTRICT sin, int64_t n_rot);
     // sum x[i] * y[i] over n
     float (*dot_f32)(const float* LE_RESTRICT x, const float* LE_RESTRICT y, int64_t n);
     // y [n] += a * x [n]

@@ -34,7 +34,10 @@ bool has_dtype(const py::array& a, const DType& want) {
     const py::dtype dt = a.dtype();
     if (dt.kind() != want.kind || dt.itemsize() != want.itemsize) return false;
     const char order = dt.byteorder();  // '=' native, '|' not applicable, '<' / '>' explicit
-    const bool little = [] { const uint16_t one = 1; return *reinterpret_cast<const uint8_t*>(&one) == 1; }();
+    const bool little = [] {
+        const uint16_t one = 1;
+        return *reinterpret_cast<const uint8_t*>(&one) == 1;
+    }();
     return order == '=' || order == '|' || (order == '<') == little;
 }
 
@@ -47,8 +50,8 @@ std::string shape_str(const py::array& a) {
 std::string where(const char* fn, const char* name) { return std::string(fn) + ": " + name; }
 
 // A checked numpy argument: dtype, rank, C-contiguity, alignment, and writability when asked.
-py::array checked(const py::object& obj, const char* fn, const char* name, const DType& dt, int min_ndim,
-                  int max_ndim, bool writable = false) {
+py::array checked(const py::object& obj, const char* fn, const char* name, const DType& dt, int min_ndim, int max_ndim,
+                  bool writable = false) {
     if (!py::isinstance<py::array>(obj))
         throw py::type_error(where(fn, name) + " must be a numpy " + dt.name + " array, got " +
                              std::string(py::str(py::type::of(obj).attr("__name__"))));
@@ -95,16 +98,17 @@ const int32_t* ci32(const py::array& a) { return static_cast<const int32_t*>(a.d
 GGMLType weight_type(int t, const char* fn) {
     const auto type = GGMLType(t);
     if (!le::is_weight_type(type))
-        throw py::value_error(std::string(fn) + ": unsupported weight type " + std::to_string(t) +
-                              " (supported GGML types: F32=0, F16=1, BF16=30, Q4_0=2, Q8_0=8, Q4_K=12, Q5_K=13, Q6_K=14)");
+        throw py::value_error(
+            std::string(fn) + ": unsupported weight type " + std::to_string(t) +
+            " (supported GGML types: F32=0, F16=1, BF16=30, Q4_0=2, Q8_0=8, Q4_K=12, Q5_K=13, Q6_K=14)");
     return type;
 }
 
 void check_row_length(GGMLType t, int64_t n, const char* fn, const char* what) {
     const int64_t bs = le::block_size(t);
     if (n <= 0 || n % bs != 0)
-        throw py::value_error(std::string(fn) + ": " + what + " = " + std::to_string(n) + " must be a positive multiple of " +
-                              std::to_string(bs) + " for " + le::type_name(t));
+        throw py::value_error(std::string(fn) + ": " + what + " = " + std::to_string(n) +
+                              " must be a positive multiple of " + std::to_string(bs) + " for " + le::type_name(t));
 }
 
 // Read-only, C-contiguous bytes of any buffer (numpy array or memmap view, bytes, mmap), used in place.
@@ -143,8 +147,7 @@ public:
                 throw py::value_error(what + " in " + std::to_string(n_rows) + " rows, but " + std::to_string(n_rows) +
                                       " " + unit + " take " + std::to_string(n_rows * row_bytes));
         } else {
-            if (nbytes() % row_bytes != 0)
-                throw py::value_error(what + ", not a whole number of " + unit);
+            if (nbytes() % row_bytes != 0) throw py::value_error(what + ", not a whole number of " + unit);
             n_rows = nbytes() / row_bytes;
         }
         // On-disk blocks start with f16 scales (2-byte loads); F32 rows are read as floats.
@@ -232,9 +235,10 @@ void py_rope(const py::object& x_obj, const py::object& pos_obj, double theta, s
                               ",) for x of shape " + shape_str(x));
     const int64_t n_rot = n_rot_opt.value_or(head_dim);
     if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > head_dim)
-        throw py::value_error("rope: n_rot = " + std::to_string(n_rot) + " must be even and in [2, head_dim = " +
-                              std::to_string(head_dim) + "]");
-    if (!(theta > 0.0) || !std::isfinite(float(theta))) throw py::value_error("rope: theta must be positive and finite");
+        throw py::value_error("rope: n_rot = " + std::to_string(n_rot) +
+                              " must be even and in [2, head_dim = " + std::to_string(head_dim) + "]");
+    if (!(theta > 0.0) || !std::isfinite(float(theta)))
+        throw py::value_error("rope: theta must be positive and finite");
     if (overlap(x, pos)) throw py::value_error("rope: x and pos share memory");
     float* xp = f32(x);
     const int32_t* pp = ci32(pos);
@@ -266,7 +270,8 @@ py::array_t<float> py_attention(const py::object& q_obj, const py::object& q_pos
     py::array v = checked(v_obj, fn, "v", kv_dt, 3, 3);
     if (kv_type_opt && GGMLType(*kv_type_opt) != kv_type)
         throw py::value_error("attention: kv_type = " + std::to_string(*kv_type_opt) + " does not match k's dtype " +
-                              std::string(py::str(k.dtype())) + " (float32 = F32 = 0, float16 = F16 = 1, uint8 = Q8_0 = 8)");
+                              std::string(py::str(k.dtype())) +
+                              " (float32 = F32 = 0, float16 = F16 = 1, uint8 = Q8_0 = 8)");
     if (kv_type == GGMLType::Q8_0 && !kv_type_opt)
         throw py::value_error("attention: uint8 k/v need kv_type=8 (Q8_0) to say what the bytes are");
 
@@ -279,7 +284,8 @@ py::array_t<float> py_attention(const py::object& q_obj, const py::object& q_pos
     const std::string want_kv =
         "(" + std::to_string(n_k) + ", " + std::to_string(n_kv) + ", " + std::to_string(kv_last) + ")";
     if (dim(k, 2) != kv_last)
-        throw py::value_error("attention: k has shape " + shape_str(k) + ", its last dim must be " + std::to_string(kv_last) +
+        throw py::value_error("attention: k has shape " + shape_str(k) + ", its last dim must be " +
+                              std::to_string(kv_last) +
                               (kv_type == GGMLType::Q8_0 ? " (Q8_0 bytes of one head)" : " (q's head_dim)"));
     if (shape_of(v) != shape_of(k))
         throw py::value_error("attention: v has shape " + shape_str(v) + ", expected k's shape " + want_kv);
@@ -287,14 +293,17 @@ py::array_t<float> py_attention(const py::object& q_obj, const py::object& q_pos
         throw py::value_error("attention: q has " + std::to_string(n_head) + " heads, not a multiple of k's " +
                               std::to_string(n_kv) + " KV heads");
     if (dim(q_pos, 0) != n_q)
-        throw py::value_error("attention: q_pos has shape " + shape_str(q_pos) + ", expected (" + std::to_string(n_q) + ",)");
+        throw py::value_error("attention: q_pos has shape " + shape_str(q_pos) + ", expected (" + std::to_string(n_q) +
+                              ",)");
     if (dim(k_pos, 0) != n_k)
-        throw py::value_error("attention: k_pos has shape " + shape_str(k_pos) + ", expected (" + std::to_string(n_k) + ",)");
+        throw py::value_error("attention: k_pos has shape " + shape_str(k_pos) + ", expected (" + std::to_string(n_k) +
+                              ",)");
     if (window < 0) throw py::value_error("attention: window must be >= 0 (0 = no window)");
     const int32_t* qp = ci32(q_pos);
     for (int64_t i = 0; i < n_q; ++i) {
         if (qp[i] < 0)
-            throw py::value_error("attention: q_pos[" + std::to_string(i) + "] = " + std::to_string(qp[i]) + " is negative");
+            throw py::value_error("attention: q_pos[" + std::to_string(i) + "] = " + std::to_string(qp[i]) +
+                                  " is negative");
     }
 
     py::array_t<float> out({py::ssize_t(n_q), py::ssize_t(n_head), py::ssize_t(hd)});
@@ -402,10 +411,12 @@ void register_ops(py::module_& m) {
           "0 <= k_pos[j] <= q_pos[i] and (window == 0 or q_pos[i] - k_pos[j] < window). A query with no\n"
           "visible key gets zeros. Returns float32 [n_q, n_head, hd].");
     m.def("silu_mul", &py_silu_mul, py::arg("gate"), py::arg("up"), "silu(gate) * up, float32, same shapes.");
-    m.def("gelu", [](const py::object& x) { return py_unary<le::gelu>(x, "gelu"); }, py::arg("x"),
-          "Exact (erf) GELU of float32 x.");
-    m.def("gelu_quick", [](const py::object& x) { return py_unary<le::gelu_quick>(x, "gelu_quick"); }, py::arg("x"),
-          "x * sigmoid(1.702 x) of float32 x.");
+    m.def(
+        "gelu", [](const py::object& x) { return py_unary<le::gelu>(x, "gelu"); }, py::arg("x"),
+        "Exact (erf) GELU of float32 x.");
+    m.def(
+        "gelu_quick", [](const py::object& x) { return py_unary<le::gelu_quick>(x, "gelu_quick"); }, py::arg("x"),
+        "x * sigmoid(1.702 x) of float32 x.");
     m.def("softmax", &py_softmax, py::arg("x"),
           "Softmax over the last axis of float32 x (max-subtracted). A row of only -inf gives zeros.");
     m.def("add_inplace", &py_add_inplace, py::arg("a"), py::arg("b"),

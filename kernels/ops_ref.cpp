@@ -14,12 +14,11 @@ void rms_norm_row_ref(const float* LE_RESTRICT x, const float* LE_RESTRICT w, fl
     for (int64_t i = 0; i < d; ++i) sum_sq += double(x[i]) * double(x[i]);
     const float mean_sq = float(sum_sq / double(d));
     const float scale = float(1.0 / std::sqrt(double(mean_sq + eps)));  // f32 (ms + eps), as torch
-    for (int64_t i = 0; i < d; ++i) y[i] = (x[i] * scale) * w[i];      // (x * rsqrt) * w, as torch
+    for (int64_t i = 0; i < d; ++i) y[i] = (x[i] * scale) * w[i];       // (x * rsqrt) * w, as torch
 }
 
 // x [n_rot] pairs rotated in place
-void rope_pairs_ref(float* LE_RESTRICT x, const float* LE_RESTRICT cos, const float* LE_RESTRICT sin,
-                    int64_t n_rot) {
+void rope_pairs_ref(float* LE_RESTRICT x, const float* LE_RESTRICT cos, const float* LE_RESTRICT sin, int64_t n_rot) {
     for (int64_t i = 0; i < n_rot / 2; ++i) {
         const float x0 = x[2 * i], x1 = x[2 * i + 1];
         // transformers: q * cos + rotate_half(q) * sin, each product rounded separately
@@ -81,8 +80,8 @@ void add_ref(float* LE_RESTRICT a, const float* LE_RESTRICT b, int64_t n) {
 }  // namespace
 
 const OpsKernels ops_kernels_ref = {
-    "ref",           rms_norm_row_ref, rope_pairs_ref, dot_f32_ref,     axpy_f32_ref,
-    silu_mul_ref,    gelu_ref,         gelu_quick_ref, softmax_row_ref, add_ref,
+    "ref",        rms_norm_row_ref, rope_pairs_ref, dot_f32_ref,     axpy_f32_ref,
+    silu_mul_ref, gelu_ref,         gelu_quick_ref, softmax_row_ref, add_ref,
 };
 
 }  // namespace le

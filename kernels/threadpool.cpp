@@ -241,7 +241,8 @@ int get_num_threads() {
 }
 
 void set_num_threads(int n) {
-    if (n < 1 || n > 1024) throw std::invalid_argument("set_num_threads: n must be in [1, 1024], got " + std::to_string(n));
+    if (n < 1 || n > 1024)
+        throw std::invalid_argument("set_num_threads: n must be in [1, 1024], got " + std::to_string(n));
     if (t_inside_pool) throw std::logic_error("set_num_threads: called from inside a parallel_for");
     std::lock_guard<std::mutex> lock(g_pool_mutex);
     g_pool_threads = n;

@@ -19,7 +19,6 @@ int physical_cores();
 // count; which thread runs a chunk does not matter. Returns when every chunk is done; rethrows the first
 // exception a chunk threw. Calls from several threads are serialised; a call from inside a chunk runs
 // inline on that thread (no nested parallelism, no deadlock).
-void parallel_for(int64_t n_items, const std::function<void(int64_t begin, int64_t end)>& fn,
-                  int64_t min_chunk = 1);
+void parallel_for(int64_t n_items, const std::function<void(int64_t begin, int64_t end)>& fn, int64_t min_chunk = 1);
 
 }  // namespace le

@@ -56,6 +56,7 @@ class Turn:
     answer: str = ""
     tokens: list[int] = field(default_factory=list)  # the answer's generated tokens
     finish_reason: str | None = None
+    prompt_end: int = 0  # len(ChatSession.fed) when this answer started: its prompt is fed[:prompt_end]
 
 
 class ChatSession:
@@ -105,7 +106,7 @@ class ChatSession:
         self._unfed = []
         embeds = self.model.embed_prompt(pieces, new_images)
         self.fed.extend(pieces)
-        turn = Turn(question, len(new_images))
+        turn = Turn(question, len(new_images), prompt_end=len(self.fed))
         self.turns.append(turn)
         last = None
         for last in stream_generate(
