@@ -127,12 +127,13 @@ class ChatSession:
         self._close_answer(turn)
 
     def _close_answer(self, turn: Turn) -> None:
-        """The generation loop feeds every token but the last one it sampled; the template ends an answer
-        with </s>. Both are owed to the cache and fed at the start of the next turn."""
+        """Account for what the cache holds. The generation loop feeds every token it samples except the
+        last one; an answer ends with </s> in the template. So an answer that ended on EOS owes only the
+        EOS; one cut short (length, stop string, Ctrl-C) owes its last token and an EOS."""
         eos = self.model.tokenizer.eos_id
-        tokens = [t for t in turn.tokens if t != eos]
-        self.fed.extend(tokens[:-1])
-        self._unfed = tokens[-1:] + [eos]
+        last = turn.tokens[-1:]
+        self.fed.extend(turn.tokens[:-1])
+        self._unfed = ([] if last == [eos] else last) + [eos]
 
     def transcript(self) -> str:
         """The conversation so far in the template's text form."""

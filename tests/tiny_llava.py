@@ -8,13 +8,18 @@ Layouts:
   `vision_tower.embeddings...`, `multi_modal_projector.*`, `image_newline`), tokenizer.json with `<image>`
   = 32000 and `<pad>` = 32001, text vocabulary padded to 32064 as llava-hf does.
 - "hf_old": the llava-hf hub repos (written by transformers 4): the tower under `vision_tower.vision_model.`,
-  an `added_tokens.json`, a config in the older style (`rope_theta`, `torch_dtype`, `ignore_index`).
+  an `added_tokens.json`, `preprocessor_config.json` apart from `processor_config.json`, a config in the
+  older style (`rope_theta`, `torch_dtype`, `ignore_index`).
 - "hf_state": the names of the transformers 5 model in memory (`model.language_model.*`, `lm_head.weight`,
   `model.vision_tower.*`, `model.multi_modal_projector.*`, `model.image_newline`).
 - "original": haotian-liu/LLaVA (`LlavaMistralForCausalLM`): decoder under `model.*`,
-  `model.mm_projector.0/2`, `model.vision_tower.vision_tower.vision_model.*`, `model.image_newline`, text fields at the top of
-  config.json beside `mm_*` fields, no `<image>` token and a 32000-token vocabulary. A `vision_config` dict
-  says what the tower is (real original configs only name it in `mm_vision_tower`).
+  `model.mm_projector.0/2`, `model.vision_tower.vision_tower.vision_model.*`, `model.image_newline`, text
+  fields at the top of config.json beside `mm_*` fields, no `<image>` token and a 32000-token vocabulary.
+  A `vision_config` dict says what the tower is (real original configs only name it in `mm_vision_tower`).
+  Grid pinpoints are listed as (width, height) pairs, which is how LLaVA's own code reads them.
+
+For one seed every layout holds the same weights (the original layout keeps the first 32000 rows of the
+embeddings and output head), so the layouts can be compared with each other.
 
 The tower and projector get weights large enough to move the residual stream (transformers' 0.02-std init
 leaves every layer near identity), and the output head is scaled up so next-token distributions are peaked.
@@ -147,32 +152,46 @@ def _save_tensors(tensors: dict, path: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
-def _hf_tokenizer(out: Path, *, added_tokens_json: bool) -> None:
-    """tokenizer.model + transformers' tokenizer files with `<image>` = 32000 and `<pad>` = 32001."""
-    from transformers import AddedToken, LlamaTokenizer
-
-    shutil.copy(MISTRAL_SPM, out / "tokenizer.model")
-    tok = LlamaTokenizer.from_pretrained(out)
-    tok.add_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in ("<image>", "<pad>")], special_tokens=True
-    )
-    tok.pad_token = "<pad>"
-    tok.save_pretrained(out)
-    assert tok.convert_tokens_to_ids(["<image>", "<pad>"]) == [IMAGE_TOKEN_ID, PAD_TOKEN_ID]
-    if added_tokens_json:  # the llava-hf hub repos carry this file
-        (out / "added_tokens.json").write_text(json.dumps({"<image>": IMAGE_TOKEN_ID, "<pad>": PAD_TOKEN_ID}))
-
-
-def _hf_image_processor(out: Path, model) -> None:
+def _image_processor(model):
     from transformers import CLIPImageProcessor, LlavaNextImageProcessor
 
     s = model.config.vision_config.image_size
     common = dict(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
     if hasattr(model.config, "image_grid_pinpoints"):
-        proc = LlavaNextImageProcessor(image_grid_pinpoints=model.config.image_grid_pinpoints, **common)
-    else:
-        proc = CLIPImageProcessor(**common)
-    proc.save_pretrained(out)
+        return LlavaNextImageProcessor(image_grid_pinpoints=model.config.image_grid_pinpoints, **common)
+    return CLIPImageProcessor(**common)
+
+
+def _hf_processor(out: Path, model, *, hub_style: bool) -> None:
+    """tokenizer.model, transformers' tokenizer files with `<image>` = 32000 and `<pad>` = 32001, and a
+    Llava(Next)Processor set up as the llava-hf repos are (so `AutoProcessor` expands `<image>`)."""
+    from transformers import AddedToken, LlamaTokenizer, LlavaNextProcessor, LlavaProcessor
+
+    shutil.copy(MISTRAL_SPM, out / "tokenizer.model")
+    # BOS, and "▁" prepended to the text after <image> too (legacy), as the llava-hf hub tokenizers do
+    tok = LlamaTokenizer.from_pretrained(out, add_bos_token=True, legacy=True)
+    tok.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in ("<image>", "<pad>")], special_tokens=True
+    )
+    tok.pad_token = "<pad>"
+    assert tok.convert_tokens_to_ids(["<image>", "<pad>"]) == [IMAGE_TOKEN_ID, PAD_TOKEN_ID]
+    cls = LlavaNextProcessor if hasattr(model.config, "image_grid_pinpoints") else LlavaProcessor
+    processor = cls(
+        image_processor=_image_processor(model),
+        tokenizer=tok,
+        patch_size=model.config.vision_config.patch_size,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,  # CLS; "default" drops it again
+        image_token="<image>",
+    )
+    processor.save_pretrained(out)
+    if hub_style:  # transformers 4 wrote the image processor apart, and an added_tokens.json
+        path = out / "processor_config.json"
+        path.write_text(
+            json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "image_processor"})
+        )
+        _image_processor(model).save_pretrained(out)
+        (out / "added_tokens.json").write_text(json.dumps({"<image>": IMAGE_TOKEN_ID, "<pad>": PAD_TOKEN_ID}))
 
 
 def _old_style_config(out: Path) -> None:
@@ -272,19 +291,23 @@ def save_tiny_llava(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    vocab = SPM_VOCAB if layout == "original" else HF_VOCAB
-    model = build_tiny_llava(kind, vocab_size=vocab, seed=seed, **model_kwargs)
+    # Every layout holds the same weights for a seed; the original one keeps the first 32000 rows of the
+    # embeddings and head (its vocabulary has no <image>, <pad> or padding rows).
+    model = build_tiny_llava(kind, vocab_size=HF_VOCAB, seed=seed, **model_kwargs)
 
     if layout == "original":
         state = {_rekey(k, _ORIGINAL_PREFIXES): v for k, v in model.state_dict().items()}
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            state[name] = state[name][:SPM_VOCAB]
         cfg = _original_config(model)
+        cfg["vocab_size"] = SPM_VOCAB
         if tower_dir is not None:
             from transformers import CLIPVisionModel
 
             tower = CLIPVisionModel(model.config.vision_config)
             tower.load_state_dict(model.model.vision_tower.state_dict())
             tower.save_pretrained(tower_dir)
-            _hf_image_processor(Path(tower_dir), model)
+            _image_processor(model).save_pretrained(tower_dir)
             state = {k: v for k, v in state.items() if not k.startswith("model.vision_tower.")}
             cfg["mm_vision_tower"] = str(tower_dir)
             del cfg["vision_config"]
@@ -297,8 +320,7 @@ def save_tiny_llava(
         return out
 
     model.save_pretrained(out)
-    _hf_tokenizer(out, added_tokens_json=layout == "hf_old")
-    _hf_image_processor(out, model)
+    _hf_processor(out, model, hub_style=layout == "hf_old")
     if layout == "hf_old":
         from safetensors.torch import load_file
 
@@ -365,7 +387,9 @@ def load_reference_llava(model_dir: str | Path, vision_tower_dir: str | Path | N
         tie_word_embeddings=False,
     )
     if cfg["image_aspect_ratio"] == "anyres":
-        config = LlavaNextConfig(image_grid_pinpoints=cfg["image_grid_pinpoints"], **common)
+        # LLaVA reads pinpoints as (width, height), transformers as (height, width): swap to mean the same
+        pinpoints = [[h, w] for w, h in cfg["image_grid_pinpoints"]]
+        config = LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
         cls = LlavaNextForConditionalGeneration
     else:
         config, cls = LlavaConfig(**common), LlavaForConditionalGeneration

@@ -180,18 +180,27 @@ def _size_field(value: Any, key: str) -> int | None:
     return None
 
 
+def _image_processor_config(folders: list[Path]) -> tuple[dict, Path | None]:
+    """The image processor's settings: `preprocessor_config.json` (transformers 4 and the hub), or the
+    `image_processor` entry of `processor_config.json` (transformers 5 `save_pretrained`)."""
+    for folder in folders:
+        if (folder / "preprocessor_config.json").is_file():
+            return load_json(folder / "preprocessor_config.json"), folder / "preprocessor_config.json"
+        nested = load_json(folder / "processor_config.json").get("image_processor")
+        if isinstance(nested, dict):
+            return nested, folder / "processor_config.json"
+    return {}, None
+
+
 def preprocess_config(
     folders: list[Path], image_size: int, patch_size: int, aspect_mode: str, pinpoints: list[tuple[int, int]]
 ) -> PreprocessConfig:
-    """PreprocessConfig from the first `preprocessor_config.json` in `folders` (CLIP's defaults if none).
+    """PreprocessConfig from the first image processor config in `folders` (CLIP's defaults if none).
 
     The tower's input size is fixed by the ONNX graph, so the processor's crop and shortest edge must equal
     it; grid pinpoints (height, width) are the model's and must agree with the processor's if it has them.
     """
-    path = next(
-        (f / "preprocessor_config.json" for f in folders if (f / "preprocessor_config.json").is_file()), None
-    )
-    proc = load_json(path) if path else {}
+    proc, path = _image_processor_config(folders)
     where = str(path) if path else "preprocessing"
     for field, key in (("crop_size", "height"), ("size", "shortest_edge")):
         size = _size_field(proc.get(field), key)
@@ -570,6 +579,13 @@ def export_llava(
             f"{plan.model_dir}: image token id {plan.image_token_id} is not a token of the tokenizer "
             "(expected <image> in added_tokens.json or tokenizer.json)"
         )
+    ckpt = plan.ckpt
+    tensors = decoder_tensors(ckpt, meta, plan.decoder_prefix, plan.head)  # refuses before any export
+    names = dict(plan.projector)
+    if plan.newline is not None:
+        names["v.image_newline"] = plan.newline
+    for gguf_name, name in names.items():
+        tensors.append((gguf_name, ckpt.shape(name), lambda name=name: ckpt.get(name).float().numpy()))
     _say(
         progress,
         f"{plan.model_dir}: {plan.layout} layout, {plan.preprocess.aspect_mode}, {plan.chat_template}",
@@ -578,16 +594,17 @@ def export_llava(
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, partial = out_dir / VISION_FILE, out_dir / f".{VISION_FILE}.partial"
     _say(progress, f"vision tower: {plan.n_tower_layers} encoder layers -> {onnx_path}")
-    tower = build_tower(plan)
     try:
-        facts = export_vision_onnx(tower, partial, select_layer=plan.n_tower_layers, drop_cls=plan.drop_cls)
+        facts = export_vision_onnx(
+            build_tower(plan), partial, select_layer=plan.n_tower_layers, drop_cls=plan.drop_cls
+        )
     except LlavaEdgeError:
+        partial.unlink(missing_ok=True)
         raise
     except Exception as e:  # torch.onnx raises many kinds
+        partial.unlink(missing_ok=True)
         raise ConvertError(f"{plan.model_dir}: exporting the vision tower to ONNX failed: {e}") from e
-    finally:
-        del tower
-    os.replace(partial, onnx_path)
+    os.replace(partial, onnx_path)  # a complete file or none: the GGUF below names its hash
 
     llava = LlavaMeta(
         projector_type="mlp2x_gelu",
@@ -606,14 +623,6 @@ def export_llava(
         "llava.select_layer": GGUFValueType.INT32,
         "llava.image_token_id": GGUFValueType.INT32,
     }
-
-    ckpt = plan.ckpt
-    tensors = decoder_tensors(ckpt, meta, plan.decoder_prefix, plan.head)
-    names = dict(plan.projector)
-    if plan.newline is not None:
-        names["v.image_newline"] = plan.newline
-    for gguf_name, name in names.items():
-        tensors.append((gguf_name, ckpt.shape(name), lambda name=name: ckpt.get(name).float().numpy()))
 
     gguf_path = out_dir / MODEL_FILE
     _say(progress, f"decoder + projector -> {gguf_path} ({file_type})")
