@@ -253,28 +253,45 @@ def info(path, system) -> None:
 
 @main.command()
 @click.argument("hf_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
 @click.option(
     "--type",
     "file_type",
     default="f16",
     show_default=True,
     type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k"]),
-    help="Tensor type of the weights (norms stay F32).",
+    help="Tensor type of the decoder weights (norms stay F32).",
 )
 @click.option(
     "--trust-pickle",
     is_flag=True,
     help="Allow pickle .bin checkpoints (loaded with torch.load(weights_only=True)).",
 )
-def convert(hf_dir, out, file_type, trust_pickle) -> None:
-    """Convert a Hugging Face checkpoint directory to GGUF."""
+@click.option(
+    "--vision-tower",
+    "vision_tower_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Original-layout LLaVA-1.5: the local CLIP folder whose weights the checkpoint leaves out.",
+)
+def convert(hf_dir, out, file_type, trust_pickle, vision_tower_dir) -> None:
+    """Convert a Hugging Face checkpoint: a LLaVA model to a bundle directory OUT (model.gguf +
+    vision.onnx), a Mistral/Llama text model to the GGUF file OUT."""
     try:
-        from .convert.gguf_export import export_text_model
+        from .convert.gguf_export import export_text_model, is_text_model
+        from .convert.llava_export import export_llava
     except ImportError as e:
         _fail(RuntimeError(f"converting needs the convert extra: pip install 'llava-edge[convert]' ({e})"))
     try:
-        path = export_text_model(Path(hf_dir), Path(out), file_type, trust_pickle=trust_pickle)
+        if is_text_model(Path(hf_dir)):
+            path = export_text_model(Path(hf_dir), Path(out), file_type, trust_pickle=trust_pickle)
+        else:
+            path = export_llava(
+                Path(hf_dir),
+                Path(out),
+                file_type,
+                trust_pickle=trust_pickle,
+                vision_tower_dir=vision_tower_dir,
+            )
     except LlavaEdgeError as e:
         _fail(e)
     click.echo(f"wrote {path}")

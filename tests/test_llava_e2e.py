@@ -221,3 +221,37 @@ def test_cli_chat_greedy_equals_transformers_generate(bundles, tmp_path):
         check=True,
     )
     assert cli.stdout.rstrip("\n") == model.tokenizer.decode(new)
+
+
+def test_cli_convert_quantized_bundle_then_chat(tmp_path):
+    hf = save_tiny_llava(tmp_path / "hf", "v1.6", "hf_old", seed=5)
+    bundle = tmp_path / "bundle"
+    cli = [sys.executable, "-m", "llava_edge.cli"]
+    subprocess.run([*cli, "convert", str(hf), str(bundle), "--type", "q8_0"], check=True, capture_output=True)
+    img_path = tmp_path / "p.png"
+    test_image(40, 61, seed=6).save(img_path)
+    out = subprocess.run(
+        [
+            *cli,
+            "chat",
+            str(img_path),
+            "-m",
+            str(bundle),
+            "-p",
+            "Describe it.",
+            "--temp",
+            "0",
+            "-n",
+            "8",
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    session = LlavaModel.load(bundle).chat()
+    expected = "".join(
+        r.text
+        for r in session.ask("Describe it.", images=[img_path], max_tokens=8, sampler=make_sampler(temp=0))
+    )
+    assert out.rstrip("\n") == expected

@@ -34,6 +34,13 @@ _LAYER_NAMES = {
 }
 
 
+def is_text_model(model_dir: Path) -> bool:
+    """Whether the checkpoint's config names a plain Mistral/Llama decoder (else: try LLaVA)."""
+    from .checkpoint import load_config
+
+    return (load_config(model_dir).get("architectures") or ["?"])[0] in TEXT_ARCHITECTURES
+
+
 def rope_theta(cfg: dict) -> float:
     # transformers 5 moved rope settings into `rope_parameters`; older configs have `rope_theta`.
     params = cfg.get("rope_parameters") or {}
