@@ -124,6 +124,12 @@ def test_tokens_follow_each_checkpoint_convention(bundles, mistral_tokenizer_mod
     assert expanded == want
 
 
+def run_cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "llava_edge.cli", *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 class CountingDecoder:
     """Wraps the decoder to count how many positions each call feeds."""
 
@@ -197,58 +203,22 @@ def test_cli_chat_greedy_equals_transformers_generate(bundles, tmp_path):
         )
     new = out[0, len(ids) :].tolist()
     new = new[: new.index(2)] if 2 in new else new
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llava_edge.cli",
-            "chat",
-            str(img_path),
-            "-m",
-            str(bundle),
-            "-p",
-            "What is in the picture?",
-            "--temp",
-            "0",
-            "-n",
-            "24",
-            "--kv-type",
-            "f32",
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert cli.stdout.rstrip("\n") == model.tokenizer.decode(new)
+    out = run_cli(
+        "chat", str(img_path), "-m", str(bundle), "-p", "What is in the picture?",
+        "--temp", "0", "-n", "24", "--kv-type", "f32", "-q",
+    )  # fmt: skip
+    assert out.rstrip("\n") == model.tokenizer.decode(new)
 
 
 def test_cli_convert_quantized_bundle_then_chat(tmp_path):
     hf = save_tiny_llava(tmp_path / "hf", "v1.6", "hf_old", seed=5)
     bundle = tmp_path / "bundle"
-    cli = [sys.executable, "-m", "llava_edge.cli"]
-    subprocess.run([*cli, "convert", str(hf), str(bundle), "--type", "q8_0"], check=True, capture_output=True)
+    run_cli("convert", str(hf), str(bundle), "--type", "q8_0")
     img_path = tmp_path / "p.png"
     test_image(40, 61, seed=6).save(img_path)
-    out = subprocess.run(
-        [
-            *cli,
-            "chat",
-            str(img_path),
-            "-m",
-            str(bundle),
-            "-p",
-            "Describe it.",
-            "--temp",
-            "0",
-            "-n",
-            "8",
-            "-q",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = run_cli(
+        "chat", str(img_path), "-m", str(bundle), "-p", "Describe it.", "--temp", "0", "-n", "8", "-q"
+    )
     session = LlavaModel.load(bundle).chat()
     expected = "".join(
         r.text
