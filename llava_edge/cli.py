@@ -88,6 +88,11 @@ def _threads_option(f):
     show_default=True,
     help="KV cache precision.",
 )
+@click.option(
+    "--rolling",
+    is_flag=True,
+    help="Past the context, keep the start (BOS) and roll the rest instead of stopping.",
+)
 @_threads_option
 def generate(
     model_path,
@@ -102,6 +107,7 @@ def generate(
     n_ctx,
     stop,
     kv_type,
+    rolling,
     threads,
 ) -> None:
     """Continue PROMPT with a text model, streaming."""
@@ -122,7 +128,8 @@ def generate(
                 err=True,
             )
         model, tokenizer = load_text_model(model_path)
-        cache = model.make_cache(min(n_ctx, model.args.context_length), kv_type=kv_type)
+        n_ctx = min(n_ctx, model.args.context_length)
+        cache = model.make_cache(n_ctx, kv_type=kv_type, rolling=rolling, n_pinned=1 if rolling else 0)
         sampler = make_sampler(temp, top_k, top_p, min_p, seed)
         processors = make_logits_processors(repeat_penalty)
         tokens = tokenizer.encode(prompt)
@@ -193,6 +200,12 @@ def generate(
 )
 @click.option("--kv-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No speed line.")
+@click.option(
+    "--rolling",
+    is_flag=True,
+    help="Past the context, keep the start (BOS, system text, the first turn's images) and roll the rest "
+    "instead of stopping.",
+)
 @_threads_option
 def chat(
     images,
@@ -209,6 +222,7 @@ def chat(
     template,
     kv_type,
     quiet,
+    rolling,
     threads,
 ) -> None:
     """Chat about IMAGES with a LLaVA model (streaming, multi-turn, offline)."""
@@ -223,7 +237,7 @@ def chat(
             model_path = demo_bundle()
         model = load(model_path, mmproj=mmproj, threads=threads)
         n_ctx = min(n_ctx, model.decoder.args.context_length)
-        session = model.chat(n_ctx=n_ctx, kv_type=kv_type, template=template)
+        session = model.chat(n_ctx=n_ctx, kv_type=kv_type, template=template, rolling=rolling)
         for image in images:
             session.add_image(image)
         gen = dict(max_tokens=max_tokens, sampler=make_sampler(temp, top_k, top_p, min_p, seed))
@@ -295,6 +309,51 @@ def convert(hf_dir, out, file_type, trust_pickle, vision_tower_dir) -> None:
     except LlavaEdgeError as e:
         _fail(e)
     click.echo(f"wrote {path}")
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args) -> None:
+    """Finetune a LLaVA model (visual instruction tuning; full or LoRA; `train --help` for the options).
+    Several processes or GPUs: torchrun --nproc_per_node N -m llava_edge.convert.train ..."""
+    try:
+        from .convert.train import main as train_main
+    except ImportError as e:
+        _fail(RuntimeError(f"training needs the convert extra: pip install 'llava-edge[convert]' ({e})"))
+    try:
+        train_main(list(args))
+    except LlavaEdgeError as e:
+        _fail(e)
+
+
+@main.command("make-demo-data")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--images", "n_images", default=10000, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(16))
+@click.option("--heldout", default=200, show_default=True, type=click.IntRange(0), help="Held-out questions.")
+@click.option("--questions-per-image", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--max-turns", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1))
+def make_demo_data(out, n_images, seed, image_size, heldout, questions_per_image, max_turns, workers) -> None:
+    """Write the synthetic shapes dataset (LLaVA JSON + images + a held-out question set) to OUT."""
+    from .demo_data import make_demo_data as make
+
+    files = make(
+        out,
+        n_images,
+        seed,
+        image_size,
+        n_heldout=heldout,
+        questions_per_image=questions_per_image,
+        max_turns=max_turns,
+        workers=workers,
+    )
+    for name, path in files.items():
+        click.echo(f"{name}: {path}")
 
 
 if __name__ == "__main__":
