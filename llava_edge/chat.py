@@ -66,16 +66,29 @@ class ChatSession:
     embeddings of images added in that turn), never the earlier turns again.
     """
 
-    def __init__(self, model, *, n_ctx: int | None = None, kv_type: str = "f16", template: str | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        n_ctx: int | None = None,
+        kv_type: str = "f16",
+        template: str | None = None,
+        rolling: bool = False,
+    ):
+        """`rolling`: a conversation longer than the context keeps going: the first turn up to the end of
+        its last image (or BOS alone, without an image) stays, the rest rolls (see PinnedRollingKVCache).
+        Without it an answer stops at the context's end with finish_reason "length". Models with a sliding
+        window always roll, exactly."""
         self.model = model
         self.template = TEMPLATES[template or model.template]
         self.n_ctx = n_ctx
         self.kv_type = kv_type
+        self.rolling = rolling
         self.reset()
 
     def reset(self) -> None:
         """Start a new conversation (the model and its image cache stay)."""
-        self.cache = self.model.decoder.make_cache(self.n_ctx, kv_type=self.kv_type)
+        self.cache = self.model.decoder.make_cache(self.n_ctx, kv_type=self.kv_type, rolling=self.rolling)
         self.turns: list[Turn] = []
         self.pending_images: list = []
         self.fed: list = []  # every token id / image embedding block given to the model, in order
@@ -97,34 +110,58 @@ class ChatSession:
         should_stop: Callable[[], bool] | None = None,
     ) -> Iterator[GenerationResponse]:
         """Stream the answer to `question` (about the queued images and `images`). An answer cut short
-        (`should_stop`, max_tokens) stays in the conversation as far as it went."""
+        (`should_stop`, max_tokens) stays in the conversation as far as it went; a question stopped before
+        its first answer token is undone (see _undo_turn)."""
         new_images = [*self.pending_images, *images]
-        self.pending_images = []
+        pending, self.pending_images = self.pending_images, []  # an image that fails to load is dropped
         first = not self.turns
         text = self.template.turn(question, len(new_images), first)
         pieces = self._unfed + self.model.tokenize(text, add_bos=first)
-        self._unfed = []
         embeds = self.model.embed_prompt(pieces, new_images)
+        if first and hasattr(self.cache[0], "pin"):
+            for c in self.cache:
+                c.pin(_pinned_length(pieces, len(embeds), self.model.tokenizer.bos_id))
+        before = (len(self.fed), self._unfed, pending)
+        self._unfed = []
         self.fed.extend(pieces)
         turn = Turn(question, len(new_images), prompt_end=len(self.fed))
         self.turns.append(turn)
         last = None
-        for last in stream_generate(
-            self.model.decoder,
-            self.model.tokenizer,
-            self.cache,
-            input_embeddings=embeds,
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=logits_processors,
-            stop=stop,
-            should_stop=should_stop,
-        ):
-            turn.tokens.append(last.token)
-            turn.answer += last.text
-            yield last
-        turn.finish_reason = last.finish_reason if last else None
+        try:
+            for last in stream_generate(
+                self.model.decoder,
+                self.model.tokenizer,
+                self.cache,
+                input_embeddings=embeds,
+                max_tokens=max_tokens,
+                sampler=sampler,
+                logits_processors=logits_processors,
+                stop=stop,
+                should_stop=should_stop,
+            ):
+                if last.token is not None:
+                    turn.tokens.append(last.token)
+                turn.answer += last.text
+                yield last
+        except BaseException:  # the prompt did not fit, or the caller stopped iterating (GeneratorExit)
+            if turn.tokens:
+                turn.finish_reason = "cancelled"
+                self._close_answer(turn)
+            else:
+                self._undo_turn(before)
+            raise
+        if not turn.tokens:  # stopped while reading the prompt, which the cache no longer holds
+            self._undo_turn(before)
+            return
+        turn.finish_reason = last.finish_reason
         self._close_answer(turn)
+
+    def _undo_turn(self, before: tuple) -> None:
+        """Forget a question whose prompt never reached the cache; images queued with add_image() wait for
+        the next question (those passed to ask() are the caller's to pass again)."""
+        n_fed, self._unfed, self.pending_images = before
+        del self.fed[n_fed:]
+        self.turns.pop()
 
     def _close_answer(self, turn: Turn) -> None:
         """Account for what the cache holds. The generation loop feeds every token it samples except the
@@ -143,3 +180,13 @@ class ChatSession:
             if t.finish_reason:
                 messages.append({"role": "assistant", "content": t.answer})
         return self.template.render(messages)
+
+
+def _pinned_length(pieces: Sequence, n_positions: int, bos_id: int) -> int:
+    """Positions a rolling cache keeps for good: up to the end of the last image, else the BOS alone."""
+    from .llava import IMAGE_SLOT
+
+    if IMAGE_SLOT in pieces:
+        after = len(pieces) - 1 - max(i for i, p in enumerate(pieces) if p is IMAGE_SLOT)
+        return n_positions - after  # the tokens after the last image are one position each
+    return 1 if pieces[:1] == [bos_id] else 0

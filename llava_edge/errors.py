@@ -36,6 +36,11 @@ class ContextLengthError(LlavaEdgeError):
     """A prompt does not fit in the model's context."""
 
 
+class Cancelled(Exception):
+    """A forward pass stopped because its `should_stop` said so (Ctrl-C); the caches are as they were
+    before it. Not an error: the generation loop turns it into finish_reason "cancelled"."""
+
+
 class ImageError(LlavaEdgeError):
     """An image cannot be used: unreadable, not an image, an unsupported format, truncated, or too large."""
 

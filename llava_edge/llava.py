@@ -12,12 +12,14 @@ import numpy as np
 
 from .bundle import MODEL_FILE, LlavaMeta
 from .errors import ModelError
+from .ggml_types import GGMLType
 from .gguf_file import GGUFFile
 from .image import load_image
 from .model import Mistral
 from .preprocess import PreprocessConfig, anyres_arrange, preprocess, select_best_resolution
 from .projector import Projector
 from .tokenizer import Tokenizer
+from .validate import check_tokenizer_fits, check_vision_matches
 from .vision_tower import VisionTower
 
 
@@ -70,17 +72,24 @@ class LlavaModel:
         vision = VisionTower(
             onnx_path, threads=threads, expected_sha256=meta.vision_onnx_sha256, sha256_source=gguf_path
         )
-        if vision.width is not None and vision.width != meta.vision_width:
-            raise ModelError(
-                f"{onnx_path}: features are {vision.width} wide, {gguf_path} expects {meta.vision_width}"
-            )
-        newline = f.array("v.image_newline").astype(np.float32) if "v.image_newline" in f.tensors else None
+        config = PreprocessConfig.from_gguf_metadata(f.metadata, str(gguf_path))
+        check_vision_matches(
+            vision,
+            image_size=config.image_size,
+            width=meta.vision_width,
+            tokens=meta.vision_tokens,
+            onnx_path=onnx_path,
+            gguf_path=gguf_path,
+        )
+        tokenizer = Tokenizer.from_gguf_metadata(f.metadata, path=str(gguf_path))
+        check_tokenizer_fits(tokenizer, decoder.args, gguf_path)
+        newline = _newline(f, "v.image_newline", decoder.args.dim) if "v.image_newline" in f.tensors else None
         return cls(
             decoder,
-            Tokenizer.from_gguf_metadata(f.metadata, path=str(gguf_path)),
+            tokenizer,
             vision,
             Projector(f, meta.vision_width, decoder.args.dim),
-            PreprocessConfig.from_gguf_metadata(f.metadata, str(gguf_path)),
+            config,
             image_newline=newline,
             image_token_id=meta.image_token_id,
             template=meta.chat_template,
@@ -108,14 +117,24 @@ class LlavaModel:
             aspect_mode="anyres" if anyres else "pad",
             grid_pinpoints=tuple(tuple(x) for x in p.get("image_grid_pinpoints", ())),
         )
+        check_vision_matches(
+            vision,
+            image_size=cfg.image_size,
+            width=p["width"],
+            tokens=None,
+            onnx_path=vision.path,
+            gguf_path=mmproj_path,
+        )
+        tokenizer = Tokenizer.from_gguf_metadata(f.metadata, path=str(model_path))
+        check_tokenizer_fits(tokenizer, decoder.args, model_path)
         newline_name = p.get("image_newline_tensor")
-        newline = mm.array(newline_name).astype(np.float32) if newline_name else None
+        newline = _newline(mm, newline_name, decoder.args.dim) if newline_name else None
         if template is None:
             name = str(f.get("general.name", "")).lower()
             template = "mistral_instruct" if "mistral" in name else "llava_v1"
         return cls(
             decoder,
-            Tokenizer.from_gguf_metadata(f.metadata, path=str(model_path)),
+            tokenizer,
             vision,
             Projector(mm, p["width"], decoder.args.dim),
             cfg,
@@ -194,6 +213,16 @@ class LlavaModel:
         if run:
             blocks.append(self.decoder.embed(run))
         return np.concatenate(blocks) if blocks else np.zeros((0, self.decoder.args.dim), np.float32)
+
+
+def _newline(f: GGUFFile, name: str, dim: int) -> np.ndarray:
+    """The anyres row-end vector: one decoder embedding."""
+    info = f.tensors[name]
+    if tuple(info.shape) != (dim,) or info.type not in (GGMLType.F32, GGMLType.F16):
+        raise ModelError(
+            f"{f.path}: tensor {name}: expected F32/F16 of shape ({dim},), found {tuple(info.shape)}"
+        )
+    return f.array(name).astype(np.float32)
 
 
 def load(path: str | os.PathLike, *, mmproj: str | os.PathLike | None = None, threads: int | None = None):

@@ -6,15 +6,23 @@ permuted the way llama.cpp's converter writes them, so RoPE here rotates adjacen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _kernels as K
-from .errors import ModelError
+from .errors import Cancelled, ModelError
 from .ggml_types import SUPPORTED, GGMLType
 from .gguf_file import GGUFFile
 from .kv_cache import make_cache
+
+# Caps on hyperparameters, far above any model we run (Mistral-7B: 4096 wide, 32 blocks, 32k vocabulary),
+# so that a hostile file is refused before it sizes anything by them.
+MAX_BLOCKS = 512
+MAX_DIM = 1 << 16
+MAX_VOCAB = 1 << 22
+MAX_CONTEXT = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -33,45 +41,69 @@ class ModelArgs:
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> ModelArgs:
+        """The hyperparameters, each checked for type and range before anything is sized by it."""
         arch = f.get("general.architecture")
         if arch != "llama":
-            raise ModelError(f"{f.path}: general.architecture: expected 'llama', found {arch!r}")
+            raise ModelError(f"{f.path}: general.architecture: expected 'llama', found {_show(arch)}")
 
-        def need(key: str):
-            value = f.get(f"llama.{key}")
+        def integer(key: str, lo: int, hi: int, default: int | None = None) -> int:
+            value = f.get(f"llama.{key}", default)
             if value is None:
-                raise ModelError(f"{f.path}: missing metadata key llama.{key}")
-            return value
+                raise ModelError(f"{f.path}: llama.{key}: missing")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ModelError(f"{f.path}: llama.{key}: expected an integer, found {_show(value)}")
+            if not lo <= value <= hi:
+                raise ModelError(f"{f.path}: llama.{key}: {value} is outside {lo}..{hi}")
+            return int(value)
 
-        dim, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
-        n_kv_heads = int(f.get("llama.attention.head_count_kv", n_heads))
-        if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads or dim % n_heads:
+        def real(key: str, lo: float, hi: float, default: float | None = None) -> float:
+            value = f.get(f"llama.{key}", default)
+            if value is None:
+                raise ModelError(f"{f.path}: llama.{key}: missing")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ModelError(f"{f.path}: llama.{key}: expected a number, found {_show(value)}")
+            if not lo <= value <= hi:  # also refuses NaN
+                raise ModelError(f"{f.path}: llama.{key}: {value} is outside {lo:g}..{hi:g}")
+            return float(value)
+
+        dim = integer("embedding_length", 1, MAX_DIM)
+        n_heads = integer("attention.head_count", 1, dim)
+        n_kv_heads = integer("attention.head_count_kv", 1, n_heads, default=n_heads)
+        if n_heads % n_kv_heads or dim % n_heads or (dim // n_heads) % 2:
             raise ModelError(
                 f"{f.path}: llama.attention.head_count={n_heads} / head_count_kv={n_kv_heads} do not divide "
-                f"embedding_length={dim}"
+                f"embedding_length={dim} into heads of an even size"
             )
         head_dim = dim // n_heads
-        n_rot = int(f.get("llama.rope.dimension_count", head_dim))
+        n_rot = integer("rope.dimension_count", 0, MAX_DIM, default=head_dim)
         if n_rot != head_dim:
             raise ModelError(
                 f"{f.path}: llama.rope.dimension_count={n_rot}: only full rotary ({head_dim}) is supported"
             )
-        window = f.get("llama.attention.sliding_window")
         tokens = f.get("tokenizer.ggml.tokens")
-        vocab = int(f.get("llama.vocab_size", len(tokens) if tokens is not None else 0))
+        n_tokens = len(tokens) if isinstance(tokens, list) else None
+        window = integer("attention.sliding_window", 0, MAX_CONTEXT, default=0)
         return cls(
             dim=dim,
-            n_layers=int(need("block_count")),
+            n_layers=integer("block_count", 1, MAX_BLOCKS),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
-            ffn_dim=int(need("feed_forward_length")),
-            vocab_size=vocab,
-            norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-            rope_theta=float(f.get("llama.rope.freq_base", 10000.0)),
-            context_length=int(need("context_length")),
-            sliding_window=int(window) if window else None,
+            ffn_dim=integer("feed_forward_length", 1, MAX_DIM * 16),
+            vocab_size=integer("vocab_size", 1, MAX_VOCAB, default=n_tokens),
+            norm_eps=real("attention.layer_norm_rms_epsilon", 0.0, 1.0),
+            rope_theta=real("rope.freq_base", 1.0, 1e12, default=10000.0),
+            context_length=integer("context_length", 1, MAX_CONTEXT),
+            sliding_window=window or None,
         )
+
+
+def _show(value) -> str:
+    """A metadata value in a one-line message: short, and no object addresses."""
+    if isinstance(value, (list, np.ndarray)):
+        return f"an array of {len(value)} elements"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 class Linear:
@@ -131,25 +163,62 @@ class Mistral:
         name = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
         self.output = Linear(f, name, a.dim, a.vocab_size)
 
-    def make_cache(self, n_ctx: int | None = None, kv_type: str = "f16"):
+    def make_cache(
+        self, n_ctx: int | None = None, kv_type: str = "f16", rolling: bool = False, n_pinned: int = 0
+    ):
+        """Per-layer caches for up to n_ctx positions (default: the model's context). `rolling`: past n_ctx,
+        keep the first n_pinned positions and roll the rest (models with a sliding window always roll)."""
         a = self.args
+        n_ctx = n_ctx or a.context_length
         return make_cache(
-            a.n_layers, n_ctx or a.context_length, a.n_kv_heads, a.head_dim, a.sliding_window, kv_type
+            a.n_layers,
+            n_ctx,
+            a.n_kv_heads,
+            a.head_dim,
+            a.sliding_window,
+            kv_type,
+            rolling=rolling,
+            n_pinned=n_pinned,
         )
 
     def embed(self, tokens) -> np.ndarray:
         ids = np.ascontiguousarray(tokens, dtype=np.int32)
         return self.tok_embeddings.rows(ids)
 
-    def __call__(self, tokens=None, cache=None, *, input_embeddings=None, all_logits: bool = False):
+    def __call__(
+        self,
+        tokens=None,
+        cache=None,
+        *,
+        input_embeddings=None,
+        all_logits: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+    ):
         """tokens [n] or input_embeddings [n, dim] -> logits [vocab] of the last position ([n, vocab] if
-        all_logits). `cache` is the per-layer list from make_cache(); it advances by n."""
+        all_logits). `cache` is the per-layer list from make_cache(); it advances by n. `should_stop` is
+        polled before each layer: when it returns True the caches are restored and Cancelled is raised."""
+        if should_stop is None:
+            return self._forward(tokens, cache, input_embeddings, all_logits, None)
+        marks = [c.checkpoint() for c in cache]
+        try:
+            logits = self._forward(tokens, cache, input_embeddings, all_logits, should_stop)
+        except BaseException:
+            for c, mark in zip(cache, marks, strict=True):
+                c.rollback(mark)
+            raise
+        for c, mark in zip(cache, marks, strict=True):
+            c.release(mark)
+        return logits
+
+    def _forward(self, tokens, cache, input_embeddings, all_logits, should_stop):
         a = self.args
         x = self.embed(tokens) if input_embeddings is None else np.array(input_embeddings, np.float32)
         n = x.shape[0]
         pos = np.arange(cache[0].offset, cache[0].offset + n, dtype=np.int32)
-        window = a.sliding_window or 0
+        window = a.sliding_window or cache[0].window
         for layer, layer_cache in zip(self.layers, cache, strict=True):
+            if should_stop is not None and should_stop():
+                raise Cancelled
             h = K.rms_norm(x, layer.attn_norm, a.norm_eps)
             q = layer.wq(h).reshape(n, a.n_heads, a.head_dim)
             k = layer.wk(h).reshape(n, a.n_kv_heads, a.head_dim)

@@ -42,7 +42,11 @@ def stream_answer(session, question: str, *, verbose: bool = True, **gen) -> Non
             click.echo("\r\033[K", nl=False, err=True)
     click.echo()
     if interrupted:
-        click.echo("[stopped]", err=True)
+        before = last is None or last.generation_tokens == 0
+        click.echo(
+            "[stopped before the answer began; that question was dropped]" if before else "[stopped]",
+            err=True,
+        )
     if verbose and last is not None:
         click.echo(
             f"[prompt: {last.prompt_tokens} tokens in {last.prompt_seconds:.2f} s "
@@ -86,3 +90,6 @@ def interactive(session, *, verbose: bool = True, **gen) -> None:
             stream_answer(session, line, verbose=verbose, **gen)
         except LlavaEdgeError as e:
             click.echo(f"error: {e}", err=True)
+        except KeyboardInterrupt:  # a second Ctrl-C just after the answer's own handler was removed
+            click.echo()
+            sys.exit(130)
