@@ -8,7 +8,7 @@
 
 namespace le {
 
-// AVX2 means AVX2 + FMA + F16C; AVX512 means AVX-512 F/BW/VL/VNNI (and AVX2); NEON means AArch64 Advanced SIMD.
+// AVX2 means AVX2 + FMA + F16C; AVX512 means AVX-512 F/BW/DQ/VL/VNNI (and AVX2); NEON means AArch64 Advanced SIMD.
 enum class ISA { REF, AVX2, AVX512, NEON };
 
 // The ISA in use; throws std::runtime_error (once per call, same message) when LLAVA_EDGE_ISA names an

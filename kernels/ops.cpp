@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "gemm.h"
 #include "quants.h"
 #include "threadpool.h"
 
@@ -19,6 +20,8 @@ constexpr int64_t kMinMacsPerChunk = 1 << 15;
 constexpr int64_t kMinElemsPerChunk = 1 << 14;
 // Activation rows of one token tile should stay in L2 while every weight row of a chunk passes by.
 constexpr int64_t kActTileBytes = 256 * 1024;
+// A block of weight rows that stays in L2 while every token tile passes it.
+constexpr int64_t kWeightBlockBytes = 256 * 1024;
 constexpr int64_t kActRowAlign = 64;  // activation rows start on cache lines (SIMD loads, no false sharing)
 
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument(what); }
@@ -45,18 +48,6 @@ std::vector<uint8_t>& act_scratch() {
     return buf;
 }
 
-// W rows [n_rows] x activation rows [n_toks] -> Y [n_toks, n_rows] with row stride ldy. One weight row at a
-// time against every token of the tile, so the row is fetched once and reused from L1. The SIMD step
-// replaces this with a register-blocked micro-kernel (several rows x several tokens per inner loop).
-void matmul_block_ref(VecDotFn dot, const uint8_t* LE_RESTRICT w, int64_t w_stride, int64_t n_rows,
-                      const uint8_t* LE_RESTRICT act, int64_t act_stride, int64_t n_toks, float* LE_RESTRICT y,
-                      int64_t ldy, int64_t n_in) {
-    for (int64_t r = 0; r < n_rows; ++r) {
-        const uint8_t* w_row = w + r * w_stride;
-        for (int64_t t = 0; t < n_toks; ++t) y[t * ldy + r] = dot(w_row, act + t * act_stride, n_in);
-    }
-}
-
 }  // namespace
 
 bool is_weight_type(GGMLType t) {
@@ -75,8 +66,25 @@ bool is_weight_type(GGMLType t) {
     }
 }
 
-// SIMD tables will be picked here from isa.h's active_isa(), once; until then every ISA runs the reference.
-const OpsKernels& ops_kernels() { return ops_kernels_ref; }
+const OpsKernels& ops_kernels_for_isa(ISA isa) {
+    if (!isa_supported(isa))
+        throw std::invalid_argument(std::string("ISA ") + isa_name(isa) + " is not supported on this CPU/build");
+    static const OpsKernels avx2 = make_ops_kernels_avx2();
+    static const OpsKernels avx512 = make_ops_kernels_avx512();
+    static const OpsKernels neon = make_ops_kernels_neon();
+    switch (isa) {
+        case ISA::AVX2: return avx2;
+        case ISA::AVX512: return avx512;
+        case ISA::NEON: return neon;
+        case ISA::REF: break;
+    }
+    return ops_kernels_ref;
+}
+
+const OpsKernels& ops_kernels() {
+    static const OpsKernels& table = ops_kernels_for_isa(active_isa());
+    return table;
+}
 
 // W [n_out, n_in] x X [n_tok, n_in] -> Y [n_tok, n_out]
 void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n_out,
@@ -86,16 +94,15 @@ void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, 
     require(n_out >= 0 && n_tok >= 0, "matmul", "negative size");
     if (n_out == 0 || n_tok == 0) return;
 
-    // Activations in the type the weight's dot product wants, one row per token, quantized once.
-    const GGMLType at = act_type(wt);
+    // Activations in the layout the weight type's kernels want, one row per token, quantized once.
+    const GemmKernels& gk = gemm_kernels(wt);
     const uint8_t* act;
     int64_t act_stride;
-    if (at == GGMLType::F32) {
+    if (gk.pack_act == nullptr) {
         act = reinterpret_cast<const uint8_t*>(x);
         act_stride = n_in * int64_t(sizeof(float));
     } else {
-        const int64_t act_bytes = row_size(at, n_in);
-        act_stride = (act_bytes + kActRowAlign - 1) / kActRowAlign * kActRowAlign;
+        act_stride = (gk.act_bytes(n_in) + kActRowAlign - 1) / kActRowAlign * kActRowAlign;
         std::vector<uint8_t>& scratch = act_scratch();
         if (int64_t(scratch.size()) < n_tok * act_stride + kActRowAlign)
             scratch.resize(size_t(n_tok * act_stride + kActRowAlign));
@@ -104,25 +111,28 @@ void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, 
         parallel_for(
             n_tok,
             [&](int64_t t0, int64_t t1) {
-                for (int64_t t = t0; t < t1; ++t) quantize_act_row(wt, x + t * n_in, buf + t * act_stride, n_in);
+                for (int64_t t = t0; t < t1; ++t) gk.pack_act(x + t * n_in, buf + t * act_stride, n_in);
             },
             std::max<int64_t>(1, kMinElemsPerChunk / n_in));
         act = buf;
     }
 
-    // Split output rows over threads; inside a chunk, walk token tiles so each weight row is read from
-    // memory once per tile and reused from L1 for every token of it.
+    // Split output rows over threads. Inside a chunk, blocks of rows small enough to stay in L2 meet every
+    // token tile in turn, so weights come from memory once per tile and the kernel reuses them across tokens.
     const int64_t w_stride = row_size(wt, n_in);
     const uint8_t* wb = static_cast<const uint8_t*>(w);
-    const VecDotFn dot = vec_dot_fn(wt);
     const int64_t tile = std::clamp<int64_t>(kActTileBytes / act_stride, 1, n_tok);
+    const int64_t row_block = n_tok == 1 ? n_out : std::max<int64_t>(4, kWeightBlockBytes / w_stride / 4 * 4);
     parallel_for(
         n_out,
         [&](int64_t r0, int64_t r1) {
-            for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
-                const int64_t t1 = std::min(n_tok, t0 + tile);
-                matmul_block_ref(dot, wb + r0 * w_stride, w_stride, r1 - r0, act + t0 * act_stride, act_stride, t1 - t0,
-                                 y + t0 * n_out + r0, n_out, n_in);
+            for (int64_t rb = r0; rb < r1; rb += row_block) {
+                const int64_t re = std::min(r1, rb + row_block);
+                for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
+                    const int64_t t1 = std::min(n_tok, t0 + tile);
+                    gk.gemm(wb + rb * w_stride, w_stride, re - rb, act + t0 * act_stride, act_stride, t1 - t0,
+                            y + t0 * n_out + rb, n_out, n_in);
+                }
             }
         },
         std::max<int64_t>(1, kMinMacsPerChunk / (n_in * n_tok)));
@@ -221,48 +231,20 @@ void attention(const float* LE_RESTRICT q, const int32_t* LE_RESTRICT q_pos, int
     const auto* vb = static_cast<const uint8_t*>(v);
     const OpsKernels& ker = ops_kernels();
 
-    // One item = one (query, head). A KV row is read as f32: in place for F32, else dequantized into a
-    // row-sized scratch (an f16/q8 dot product without the copy is the SIMD step's job).
+    // One item = one (query, KV head): the group of query heads that share it read each K / V row once.
+    const int64_t n_items = n_q * n_kv;
+    const AttnArgs args{hd, group, kv_type, kv_row, kv_tok, k_pos, n_k, window, scale};
     parallel_for(
-        n_q * n_head,
+        n_items,
         [&](int64_t i0, int64_t i1) {
-            std::vector<float> scores(static_cast<size_t>(n_k)), acc(static_cast<size_t>(hd));
-            std::vector<float> k_buf(static_cast<size_t>(hd)), v_buf(static_cast<size_t>(hd));
-            std::vector<int32_t> visible(static_cast<size_t>(n_k));
-            auto kv_row_f32 = [&](const uint8_t* row, float* buf) -> const float* {
-                if (kv_type == GGMLType::F32) return reinterpret_cast<const float*>(row);
-                dequantize_row(kv_type, row, buf, hd);
-                return buf;
-            };
+            std::vector<int32_t> idx(static_cast<size_t>(n_k));
+            std::vector<float> scores(static_cast<size_t>(n_k * group));
             for (int64_t item = i0; item < i1; ++item) {
-                const int64_t iq = item / n_head, h = item % n_head, kvh = h / group;
-                const int64_t p = q_pos[iq];
-                const float* qv = q + item * hd;
-                float* o = out + item * hd;
-
-                int64_t n_vis = 0;
-                float max = -std::numeric_limits<float>::infinity();
-                for (int64_t j = 0; j < n_k; ++j) {
-                    const int64_t kp = k_pos[j];
-                    if (kp < 0 || kp > p || (window > 0 && p - kp >= window)) continue;
-                    const float* kr = kv_row_f32(kb + j * kv_tok + kvh * kv_row, k_buf.data());
-                    const float s = ker.dot_f32(qv, kr, hd) * scale;
-                    scores[size_t(n_vis)] = s;
-                    visible[size_t(n_vis)] = int32_t(j);
-                    max = std::max(max, s);
-                    ++n_vis;
-                }
-                std::fill(acc.begin(), acc.end(), 0.0f);
-                double sum = 0.0;
-                for (int64_t m = 0; m < n_vis; ++m) {
-                    const float e = std::exp(scores[size_t(m)] - max);
-                    sum += e;
-                    const float* vr =
-                        kv_row_f32(vb + int64_t(visible[size_t(m)]) * kv_tok + kvh * kv_row, v_buf.data());
-                    ker.axpy_f32(e, vr, acc.data(), hd);
-                }
-                const float inv = n_vis > 0 ? float(1.0 / sum) : 0.0f;  // no visible key: zeros
-                for (int64_t d = 0; d < hd; ++d) o[d] = acc[size_t(d)] * inv;
+                const int64_t iq = item / n_kv, kvh = item % n_kv;
+                const int64_t h0 = kvh * group;  // first query head of this KV head
+                const float* qg = q + (iq * n_head + h0) * hd;
+                float* og = out + (iq * n_head + h0) * hd;
+                ker.attend_group(args, qg, q_pos[iq], kb + kvh * kv_row, vb + kvh * kv_row, og, idx.data(), scores.data());
             }
         },
         1);

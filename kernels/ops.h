@@ -9,6 +9,7 @@
 #pragma once
 
 #include "common.h"
+#include "isa.h"
 
 namespace le {
 
@@ -56,6 +57,19 @@ void softmax(const float* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n, int64_
 // A [n, d] += B [n, d] (b_rows == n) or B [d] broadcast over rows (b_rows == 1).
 void add_inplace(float* LE_RESTRICT a, const float* LE_RESTRICT b, int64_t n, int64_t d, int64_t b_rows);
 
+// What attention's per-group kernel needs to know about the cache and the mask.
+struct AttnArgs {
+    int64_t hd;        // head size
+    int64_t group;     // query heads per KV head
+    GGMLType kv_type;  // F32, F16 or Q8_0
+    int64_t kv_row;    // bytes of one head's K (or V) row
+    int64_t kv_tok;    // bytes of one cache slot (every KV head)
+    const int32_t* k_pos;
+    int64_t n_k;
+    int64_t window;
+    float scale;       // 1 / sqrt(hd)
+};
+
 // Row kernels behind the drivers. Each has a `_ref` twin in ops_ref.cpp; all take dense rows.
 struct OpsKernels {
     const char* name;
@@ -75,10 +89,23 @@ struct OpsKernels {
     void (*softmax_row)(const float* LE_RESTRICT x, float* LE_RESTRICT y, int64_t d);
     // a [n] += b [n]
     void (*add)(float* LE_RESTRICT a, const float* LE_RESTRICT b, int64_t n);
+    // One query position p and one KV head: q [group, hd] against every key j < n_k that p sees (k, v: that
+    // head's row in slot 0; slot j at + j * kv_tok) -> out [group, hd]. Scratch: idx [n_k], scores
+    // [group * n_k], contents undefined.
+    void (*attend_group)(const AttnArgs& a, const float* LE_RESTRICT q, int64_t p, const uint8_t* LE_RESTRICT k,
+                         const uint8_t* LE_RESTRICT v, float* LE_RESTRICT out, int32_t* LE_RESTRICT idx,
+                         float* LE_RESTRICT scores);
 };
 
 extern const OpsKernels ops_kernels_ref;
-// The table the drivers use, chosen once at load (only the reference exists so far).
+// The reference table with an ISA's variants in place (ops_<isa>.cpp; the reference table off that ISA).
+OpsKernels make_ops_kernels_avx2();
+OpsKernels make_ops_kernels_avx512();
+OpsKernels make_ops_kernels_neon();
+// The table the drivers use, chosen once at load from active_isa(); an ISA without its own variant of a
+// row kernel has the reference's in that slot.
 const OpsKernels& ops_kernels();
+// The table of an explicit ISA (tests; throws std::invalid_argument if the ISA is unsupported).
+const OpsKernels& ops_kernels_for_isa(ISA isa);
 
 }  // namespace le

@@ -75,9 +75,38 @@ KernelTable table_for(ISA isa) {
         t[int(GGMLType::Q4_0)].vec_dot = &vec_dot_as<block_q4_0, block_q8_0, vec_dot_q4_0_q8_0_avx512>;
         t[int(GGMLType::Q8_0)].vec_dot = &vec_dot_as<block_q8_0, block_q8_0, vec_dot_q8_0_q8_0_avx512>;
     }
-#else
-    (void)isa;
+    if (isa == ISA::AVX2 || isa == ISA::AVX512) {
+        const bool w512 = isa == ISA::AVX512;
+        const QuantizeRowFn q8_0 = w512 ? &quantize_as<block_q8_0, quantize_row_q8_0_avx512>
+                                        : &quantize_as<block_q8_0, quantize_row_q8_0_avx2>;
+        const QuantizeRowFn q8_K = w512 ? &quantize_as<block_q8_K, quantize_row_q8_K_avx512>
+                                        : &quantize_as<block_q8_K, quantize_row_q8_K_avx2>;
+        t[int(GGMLType::Q4_0)].quantize_act_row = q8_0;
+        t[int(GGMLType::Q8_0)].quantize_act_row = q8_0;
+        t[int(GGMLType::Q8_0)].quantize_row = q8_0;  // Q8_0 weights quantize exactly as activations do
+        for (GGMLType k : {GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K}) t[int(k)].quantize_act_row = q8_K;
+        t[int(GGMLType::Q8_K)].quantize_row = q8_K;
+        t[int(GGMLType::Q8_K)].quantize_act_row = q8_K;
+    }
 #endif
+#if defined(__aarch64__)
+    if (isa == ISA::NEON && cpu_has_neon_dotprod()) {
+        const QuantizeRowFn q8_0 = &quantize_as<block_q8_0, quantize_row_q8_0_neon>;
+        const QuantizeRowFn q8_K = &quantize_as<block_q8_K, quantize_row_q8_K_neon>;
+        t[int(GGMLType::Q4_0)].quantize_act_row = q8_0;
+        t[int(GGMLType::Q8_0)].quantize_act_row = q8_0;
+        t[int(GGMLType::Q8_0)].quantize_row = q8_0;
+        for (GGMLType k : {GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K}) t[int(k)].quantize_act_row = q8_K;
+        t[int(GGMLType::Q8_K)].quantize_row = q8_K;
+        t[int(GGMLType::Q8_K)].quantize_act_row = q8_K;
+        t[int(GGMLType::Q4_0)].vec_dot = &vec_dot_as<block_q4_0, block_q8_0, vec_dot_q4_0_q8_0_neon>;
+        t[int(GGMLType::Q8_0)].vec_dot = &vec_dot_as<block_q8_0, block_q8_0, vec_dot_q8_0_q8_0_neon>;
+        t[int(GGMLType::Q4_K)].vec_dot = &vec_dot_as<block_q4_K, block_q8_K, vec_dot_q4_K_q8_K_neon>;
+        t[int(GGMLType::Q5_K)].vec_dot = &vec_dot_as<block_q5_K, block_q8_K, vec_dot_q5_K_q8_K_neon>;
+        t[int(GGMLType::Q6_K)].vec_dot = &vec_dot_as<block_q6_K, block_q8_K, vec_dot_q6_K_q8_K_neon>;
+    }
+#endif
+    (void)isa;
     return t;
 }
 

@@ -5,12 +5,12 @@
 // results agree with the reference to float rounding, not bit for bit. Activations must come from
 // quantize_row_q8_0 (codes in [-127, 127]): the sign trick below cannot negate -128.
 #include "quants_impl.h"
+#include "simd_avx2.h"
 
 #if LE_X86_SIMD
 
 #include <immintrin.h>
 
-#define LE_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace le {
 
@@ -67,6 +67,21 @@ LE_TARGET_AVX2 float vec_dot_q8_0_q8_0_avx2(const block_q8_0* LE_RESTRICT w, con
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p32), acc);
     }
     return hsum_ps(acc);
+}
+
+// Activation quantizers, bit-exact with the _ref ones (simd_avx2.h).
+LE_TARGET_AVX2 void quantize_row_q8_0_avx2(const float* LE_RESTRICT x, block_q8_0* LE_RESTRICT y, int64_t n) {
+    check_blocks(n, QK8_0, "quantize_row_q8_0_avx2");
+    for (int64_t i = 0; i < n / QK8_0; ++i) {
+        __m256i q;
+        y[i].d = avx2::quantize_block_q8_0(x + QK8_0 * i, q);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[i].qs), q);
+    }
+}
+
+LE_TARGET_AVX2 void quantize_row_q8_K_avx2(const float* LE_RESTRICT x, block_q8_K* LE_RESTRICT y, int64_t n) {
+    check_blocks(n, QK_K, "quantize_row_q8_K_avx2");
+    for (int64_t i = 0; i < n / QK_K; ++i) avx2::quantize_block_q8_K(x + QK_K * i, y[i].qs, y[i].d, y[i].bsums);
 }
 
 }  // namespace le

@@ -2,12 +2,12 @@
 // u8 x s8 products summed by vpdpbusd. Same contract as the AVX2 variants (quants_avx2.cpp): exact integer
 // block sums, float accumulation in 16 lanes, activations with codes in [-127, 127].
 #include "quants_impl.h"
+#include "simd_avx512.h"
 
 #if LE_X86_SIMD
 
 #include <immintrin.h>
 
-#define LE_TARGET_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 namespace le {
 
@@ -98,6 +98,22 @@ LE_TARGET_AVX512 float vec_dot_q8_0_q8_0_avx512(const block_q8_0* LE_RESTRICT w,
         sum += hsum_256(_mm256_mul_ps(d, _mm256_cvtepi32_ps(p32)));
     }
     return sum;
+}
+
+// Activation quantizers, bit-exact with the _ref ones (simd_avx512.h).
+LE_TARGET_AVX512 void quantize_row_q8_0_avx512(const float* LE_RESTRICT x, block_q8_0* LE_RESTRICT y, int64_t n) {
+    check_blocks(n, QK8_0, "quantize_row_q8_0_avx512");
+    for (int64_t i = 0; i < n / QK8_0; ++i) {
+        __m128i lo, hi;
+        y[i].d = avx512::quantize_block_q8_0(x + QK8_0 * i, lo, hi);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[i].qs), lo);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[i].qs + 16), hi);
+    }
+}
+
+LE_TARGET_AVX512 void quantize_row_q8_K_avx512(const float* LE_RESTRICT x, block_q8_K* LE_RESTRICT y, int64_t n) {
+    check_blocks(n, QK_K, "quantize_row_q8_K_avx512");
+    for (int64_t i = 0; i < n / QK_K; ++i) avx512::quantize_block_q8_K(x + QK_K * i, y[i].qs, y[i].d, y[i].bsums);
 }
 
 }  // namespace le

@@ -68,8 +68,24 @@ float vec_dot_q4_0_q8_0_avx2(const block_q4_0* LE_RESTRICT w, const block_q8_0* 
 float vec_dot_q8_0_q8_0_avx2(const block_q8_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
 float vec_dot_q4_0_q8_0_avx512(const block_q4_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
 float vec_dot_q8_0_q8_0_avx512(const block_q8_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
+void quantize_row_q8_0_avx2(const float* LE_RESTRICT x, block_q8_0* LE_RESTRICT y, int64_t n);
+void quantize_row_q8_K_avx2(const float* LE_RESTRICT x, block_q8_K* LE_RESTRICT y, int64_t n);
+void quantize_row_q8_0_avx512(const float* LE_RESTRICT x, block_q8_0* LE_RESTRICT y, int64_t n);
+void quantize_row_q8_K_avx512(const float* LE_RESTRICT x, block_q8_K* LE_RESTRICT y, int64_t n);
 #else
 #define LE_X86_SIMD 0
+#endif
+
+// AArch64 NEON variants (gemm_neon.cpp): armv8.2-a dot-product kernels, per-function target attributes, put
+// in the table only when the CPU has the extension.
+#if defined(__aarch64__)
+void quantize_row_q8_0_neon(const float* LE_RESTRICT x, block_q8_0* LE_RESTRICT y, int64_t n);
+void quantize_row_q8_K_neon(const float* LE_RESTRICT x, block_q8_K* LE_RESTRICT y, int64_t n);
+float vec_dot_q4_0_q8_0_neon(const block_q4_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
+float vec_dot_q8_0_q8_0_neon(const block_q8_0* LE_RESTRICT w, const block_q8_0* LE_RESTRICT a, int64_t n);
+float vec_dot_q4_K_q8_K_neon(const block_q4_K* LE_RESTRICT w, const block_q8_K* LE_RESTRICT a, int64_t n);
+float vec_dot_q5_K_q8_K_neon(const block_q5_K* LE_RESTRICT w, const block_q8_K* LE_RESTRICT a, int64_t n);
+float vec_dot_q6_K_q8_K_neon(const block_q6_K* LE_RESTRICT w, const block_q8_K* LE_RESTRICT a, int64_t n);
 #endif
 
 // Throws std::invalid_argument unless n is a non-negative multiple of block (every kernel checks on entry).

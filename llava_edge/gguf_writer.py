@@ -201,8 +201,12 @@ def encode_kv(key: str, value: Any, vtype: GGUFValueType, element_type: GGUFValu
 
 
 def _discard(fh: IO[bytes], tmp: Path) -> None:
-    fh.close()
-    tmp.unlink(missing_ok=True)
+    try:
+        fh.close()  # flushes the buffer: fails again on a full disk, and the file must still go
+    except OSError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass

@@ -576,3 +576,116 @@ def test_thread_count_round_trip(threads):
     y1 = K.matmul(w, 0, x)
     K.set_num_threads(5)
     np.testing.assert_array_equal(K.matmul(w, 0, x), y1)
+
+
+# ----------------------------------------------------------- every compiled ISA against the reference
+# Each ISA this machine supports is forced through LLAVA_EDGE_ISA in a subprocess (the choice is made once,
+# at load) and runs the same battery as the reference; odd sizes reach every tail of the micro-kernels.
+
+ISA_OPS_SCRIPT = r"""
+import sys
+import numpy as np
+from llava_edge import _kernels as K
+
+rng = np.random.default_rng(20)
+out = {"isa": np.array(K.isa())}
+same_bits = []
+for t in [0, 1, 30, 2, 8, 12, 13, 14]:
+    bs = K.block_size(t)
+    counts = [1, 3, 15, 16, 17, 33, 127, 129, 1023] if bs == 1 else [1, 2, 3, 4, 5, 7, 8, 9, 17] if bs == 32 else [1, 2, 3]
+    for nb in counts:
+        n_in = bs * nb
+        w = rng.standard_normal((13, n_in)).astype(np.float32)
+        w[0, : min(n_in, 64)] = 0.0  # all-zero blocks
+        w[-1, n_in // 2] = 40.0  # an outlier
+        x = rng.standard_normal((7, n_in)).astype(np.float32)
+        x[2] = 0.0  # an all-zero token
+        q = K.quantize(t, w)
+        y = K.matmul(q, t, x)
+        out[f"mm_{t}_{nb}"] = y
+        # decode == prefill, bit for bit, for a token inside a micro-tile and one in a tail
+        same_bits.append(all(np.array_equal(K.matmul(q, t, x[i]), y[i]) for i in (1, 6)))
+for kv in ["f32", "f16", "q8_0"]:
+    for n_head, n_kv, hd, window in [(4, 4, 32, 0), (8, 2, 64, 0), (4, 1, 32, 5), (6, 2, 128, 9), (8, 1, 32, 0), (3, 3, 17, 0)]:
+        if kv == "q8_0" and hd % 32:
+            continue
+        n_k = 41
+        kf = rng.standard_normal((n_k, n_kv, hd)).astype(np.float32)
+        vf = rng.standard_normal((n_k, n_kv, hd)).astype(np.float32)
+        kp = rng.permutation(np.r_[np.arange(n_k - 4), -np.ones(4)]).astype(np.int32)
+        qp = np.array([0, 3, 17, 36, 36, 40], np.int32)
+        qv = rng.standard_normal((len(qp), n_head, hd)).astype(np.float32)
+        if kv == "q8_0":
+            k = K.quantize(8, kf.reshape(-1, hd)).reshape(n_k, n_kv, -1)
+            v = K.quantize(8, vf.reshape(-1, hd)).reshape(n_k, n_kv, -1)
+            o = K.attention(qv, qp, k, v, kp, window, kv_type=8)
+        else:
+            dt = np.float32 if kv == "f32" else np.float16
+            o = K.attention(qv, qp, kf.astype(dt), vf.astype(dt), kp, window)
+        out[f"at_{kv}_{n_head}_{n_kv}_{hd}_{window}"] = o
+for n in [1, 3, 17, 33, 127, 129, 1023]:
+    x = (rng.standard_normal(n) * 4).astype(np.float32)
+    x[0] = -100.0 if n > 1 else x[0]
+    u = rng.standard_normal(n).astype(np.float32)
+    out[f"silu_{n}"] = K.silu_mul(x, u)
+    out[f"gelu_{n}"] = K.gelu(x)
+    out[f"gelu_quick_{n}"] = K.gelu_quick(x)
+    out[f"softmax_{n}"] = K.softmax((x * 8).reshape(1, n))
+    out[f"rms_{n}"] = K.rms_norm(x.reshape(1, n), u, 1e-5)
+    a = x.copy()
+    K.add_inplace(a, u)
+    out[f"add_{n}"] = a
+for hd, n_rot in [(2, 2), (34, 34), (128, 128), (64, 30)]:
+    r = rng.standard_normal((5, 3, hd)).astype(np.float32)
+    K.rope(r, np.array([0, 1, 77, 4095, 32767], np.int32), 1e6, n_rot)
+    out[f"rope_{hd}_{n_rot}"] = r
+out["same_bits"] = np.array(same_bits)
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _run_isa_ops(isa: str, path) -> dict:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import llava_edge
+
+    env = dict(os.environ, LLAVA_EDGE_ISA=isa)
+    root = str(Path(llava_edge.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", ISA_OPS_SCRIPT, str(path)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return dict(np.load(path))
+
+
+@pytest.fixture(scope="module")
+def ref_ops(tmp_path_factory):
+    return _run_isa_ops("ref", tmp_path_factory.mktemp("isa_ops") / "ref.npz")
+
+
+@pytest.mark.parametrize("isa", [i for i in K.supported_isas() if i != "ref"])
+def test_forced_isa_ops_match_reference(isa, ref_ops, tmp_path):
+    got = _run_isa_ops(isa, tmp_path / f"{isa}.npz")
+    assert str(got["isa"]) == isa
+    assert got["same_bits"].all(), "decode and prefill must give the same bits"
+    for key, ref in ref_ops.items():
+        if key in ("isa", "same_bits"):
+            continue
+        g = got[key]
+        assert g.shape == ref.shape and g.dtype == ref.dtype, key
+        if key.startswith("mm_"):
+            # SIMD and reference agree on every quantized code; only the float summation order differs
+            _, t, nb = key.split("_")
+            scale = np.abs(ref).max() + 1e-30
+            assert nmse(g, ref.astype(np.float64)) <= 1e-9 or np.abs(g - ref).max() <= 1e-5 * scale, key
+            assert np.abs(g - ref).max() <= 1e-4 * scale, (key, np.abs(g - ref).max() / scale)
+        elif key.startswith("at_"):
+            assert nmse(g, ref.astype(np.float64)) <= 1e-10 and np.abs(g - ref).max() <= 1e-5, key
+        elif key.startswith("rope_"):
+            np.testing.assert_array_equal(g, ref, err_msg=key)  # the same float operations, bit for bit
+        else:
+            np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-37, err_msg=key)
