@@ -41,7 +41,10 @@ def test_tokenizer_carried_into_gguf_matches_sentencepiece(converted, mistral_to
 def test_info_describes_the_file(converted):
     _, path = converted
     out = subprocess.run(
-        [sys.executable, "-m", "llava_edge.cli", "info", str(path)], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "llava_edge.cli", "info", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "architecture: llama" in out
     assert "llama.attention.sliding_window = 8" in out
@@ -97,5 +100,3 @@ def test_unsupported_architecture_is_refused(tmp_path):
     (hf / "config.json").write_text(cfg)
     with pytest.raises(ConvertError, match="GPT2LMHeadModel"):
         export_text_model(hf, tmp_path / "x.gguf", "f32", progress=False)
-
-
