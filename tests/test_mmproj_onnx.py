@@ -284,3 +284,37 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "llava-edge" / "mmproj"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_llama_cpp_pair_gives_transformers_image_embeddings(mmprojs, variant, tmp_path, monkeypatch):
+    """`-m decoder.gguf --mmproj mmproj.gguf`: tower rebuilt from the mmproj + its projector = transformers'
+    image features (the projector weights rounded as the converter stores them)."""
+    from PIL import Image
+
+    from llava_edge.llava import LlavaModel
+    from llava_edge.preprocess import preprocess
+    from llava_edge.tiny import write_tiny_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path, tower = mmprojs[variant]
+    seed = list(VARIANTS).index(variant)
+    projector = tiny_llava(VARIANTS[variant][0], seed=seed).model.multi_modal_projector
+    with GGUFFile.open(path) as f:
+        if f.tensors["mm.0.weight"].type == 1:  # F16, as the converter wrote it
+            with torch.no_grad():
+                for p in projector.parameters():
+                    if p.ndim == 2:
+                        p.copy_(p.half().float())
+    decoder = write_tiny_model(
+        tmp_path / "llm.gguf", dim=48, n_heads=4, n_kv_heads=2, ffn_dim=96, file_type="f32"
+    )
+    model = LlavaModel.load_pair(decoder, path, template="mistral_instruct")
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (37, 70, 3), dtype=np.uint8))
+    x = preprocess(img, model.preprocess_config)
+    with torch.no_grad():
+        want = projector(torch.from_numpy(hidden_state(tower, x, -2)[:, 1:])).numpy()[0]
+    assert rel_err(model.image_embeddings(img), want) <= 1e-4
+    steps = list(model.chat().ask("What is it?", images=[img], max_tokens=4))
+    assert steps[-1].finish_reason in ("stop", "length") and steps[-1].prompt_tokens > len(want)
