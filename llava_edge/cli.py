@@ -31,6 +31,56 @@ def _threads_option(f):
     )(f)
 
 
+def _sampling_options(temp: float):
+    """--temp (default `temp`), --top-k, --top-p, --min-p, --repeat-penalty and --seed: the arguments of
+    `make_sampler` and `make_logits_processors`."""
+    options = [
+        click.option(
+            "--temp",
+            default=temp,
+            show_default=True,
+            type=click.FloatRange(0),
+            help="Temperature; 0 is greedy.",
+        ),
+        click.option(
+            "--top-k",
+            default=40,
+            show_default=True,
+            type=click.IntRange(0),
+            help="Keep the k most likely; 0 off.",
+        ),
+        click.option(
+            "--top-p",
+            default=0.95,
+            show_default=True,
+            type=click.FloatRange(0, 1, min_open=True),
+            help="Nucleus sampling mass.",
+        ),
+        click.option(
+            "--min-p",
+            default=0.05,
+            show_default=True,
+            type=click.FloatRange(0, 1, max_open=True),
+            help="Drop tokens below min-p times the top probability.",
+        ),
+        click.option(
+            "--repeat-penalty",
+            default=1.0,
+            show_default=True,
+            type=click.FloatRange(0, min_open=True),
+            help="Penalty for recently generated tokens; 1 is off.",
+        ),
+        click.option("--seed", default=None, type=int, help="Sampling seed (default: random)."),
+    ]
+
+    def apply(f):
+        for option in reversed(options):  # applied bottom-up, as stacked decorators are
+            f = option(f)
+        return f
+
+    return apply
+
+
 @main.command()
 @click.option(
     "-m",
@@ -44,34 +94,7 @@ def _threads_option(f):
 @click.option(
     "-n", "--max-tokens", default=256, show_default=True, type=click.IntRange(1), help="Tokens to generate."
 )
-@click.option(
-    "--temp", default=0.8, show_default=True, type=click.FloatRange(0), help="Temperature; 0 is greedy."
-)
-@click.option(
-    "--top-k", default=40, show_default=True, type=click.IntRange(0), help="Keep the k most likely; 0 off."
-)
-@click.option(
-    "--top-p",
-    default=0.95,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True),
-    help="Nucleus sampling mass.",
-)
-@click.option(
-    "--min-p",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(0, 1, max_open=True),
-    help="Drop tokens below min-p times the top probability.",
-)
-@click.option(
-    "--repeat-penalty",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0, min_open=True),
-    help="Penalty for recently generated tokens; 1 is off.",
-)
-@click.option("--seed", default=None, type=int, help="Sampling seed (default: random).")
+@_sampling_options(temp=0.8)
 @click.option(
     "--ctx",
     "n_ctx",
@@ -177,13 +200,7 @@ def generate(
 @click.option(
     "-n", "--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Answer length cap."
 )
-@click.option(
-    "--temp", default=0.2, show_default=True, type=click.FloatRange(0), help="Temperature; 0 is greedy."
-)
-@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0))
-@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True))
-@click.option("--min-p", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--seed", default=None, type=int, help="Sampling seed.")
+@_sampling_options(temp=0.2)
 @click.option(
     "--ctx",
     "n_ctx",
@@ -198,7 +215,13 @@ def generate(
     default=None,
     help="Chat format (default: the model's).",
 )
-@click.option("--kv-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
+@click.option(
+    "--kv-type",
+    type=click.Choice(["f16", "f32"]),
+    default="f16",
+    show_default=True,
+    help="KV cache precision.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No speed line.")
 @click.option(
     "--rolling",
@@ -217,6 +240,7 @@ def chat(
     top_k,
     top_p,
     min_p,
+    repeat_penalty,
     seed,
     n_ctx,
     template,
@@ -228,7 +252,7 @@ def chat(
     """Chat about IMAGES with a LLaVA model (streaming, multi-turn, offline)."""
     from .llava import load
     from .repl import interactive, stream_answer
-    from .sampling import make_sampler
+    from .sampling import make_logits_processors, make_sampler
 
     try:
         if model_path is None:
@@ -240,7 +264,11 @@ def chat(
         session = model.chat(n_ctx=n_ctx, kv_type=kv_type, template=template, rolling=rolling)
         for image in images:
             session.add_image(image)
-        gen = dict(max_tokens=max_tokens, sampler=make_sampler(temp, top_k, top_p, min_p, seed))
+        gen = dict(
+            max_tokens=max_tokens,
+            sampler=make_sampler(temp, top_k, top_p, min_p, seed),
+            logits_processors=make_logits_processors(repeat_penalty),
+        )
         if prompt is not None:
             stream_answer(session, prompt, verbose=not quiet, **gen)
         else:
@@ -354,6 +382,235 @@ def make_demo_data(out, n_images, seed, image_size, heldout, questions_per_image
     )
     for name, path in files.items():
         click.echo(f"{name}: {path}")
+
+
+@main.command()
+@click.argument("src", metavar="IN", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", metavar="OUT", type=click.Path())
+@click.argument("ftype", metavar="TYPE")
+@click.option(
+    "--allow-requantize",
+    is_flag=True,
+    help="Accept a quantized input (a second rounding error: quantize from F32/F16/BF16 if you can).",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="NAME=TYPE",
+    help="Give the tensors matching the pattern NAME (fnmatch) the tensor type TYPE, over every rule "
+    "(repeatable; the first match wins), e.g. --keep 'output.weight=Q8_0'.",
+)
+@click.option(
+    "--quantize-projector",
+    is_flag=True,
+    help="Quantize a bundle's projector and vision matrices (mm.*, v.*) too; they stay F16 otherwise.",
+)
+@_threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of the summary.")
+def quantize(src, dst, ftype, allow_requantize, keep, quantize_projector, threads, quiet, as_json) -> None:
+    """Quantize (or requantize) the GGUF IN to OUT: a decoder GGUF or a bundle's model.gguf (its
+    vision.onnx comes along). TYPE: F32, F16, BF16, Q8_0, Q4_0, Q4_K_S, Q4_K_M, Q5_K_M or Q6_K (any case);
+    tensors follow llama.cpp's mixes for that type. OUT appears only when complete."""
+    import json
+
+    from .quantize import quantize_file, summary
+
+    try:
+        stats = quantize_file(
+            src,
+            dst,
+            ftype,
+            allow_requantize=allow_requantize,
+            keep=list(keep),
+            quantize_projector=quantize_projector,
+            threads=threads,
+            progress=not quiet,
+        )
+    except LlavaEdgeError as e:
+        _fail(e)
+    click.echo(json.dumps(stats, indent=1) if as_json else summary(stats))
+
+
+def _json_option(f):
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table."
+    )(f)
+
+
+def _ctx_option(default: int):
+    return click.option(
+        "--ctx", default=default, show_default=True, type=click.IntRange(1), help="Context size in tokens."
+    )
+
+
+def _echo_result(result, as_json: bool) -> None:
+    import json
+
+    from .evaluate import format_table
+
+    click.echo(json.dumps(result, indent=1) if as_json else format_table(result))
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        _fail(RuntimeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"))
+    except OSError as e:
+        _fail(RuntimeError(f"{path}: cannot read: {e.strerror or e}"))
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Measure model quality: perplexity, distance from a reference model, exact-answer accuracy."""
+
+
+@eval_group.command("ppl")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("textfile", type=click.Path(exists=True, dir_okay=False))
+@_ctx_option(512)
+@click.option(
+    "--stride",
+    type=click.IntRange(1),
+    default=None,
+    help="Chunks every N tokens, scoring their last N predictions (llama-perplexity's --ppl-stride); "
+    "default: chunks of --ctx, scoring their second half.",
+)
+@click.option(
+    "--kv-type",
+    type=click.Choice(["f16", "f32"]),
+    default="f16",
+    show_default=True,
+    help="KV cache precision.",
+)
+@_threads_option
+@_json_option
+def eval_ppl(model, textfile, ctx, stride, kv_type, threads, as_json) -> None:
+    """Perplexity of MODEL (a GGUF or a bundle) on TEXTFILE (UTF-8), computed as llama.cpp's
+    llama-perplexity does."""
+    from .evaluate import perplexity
+
+    text = _read_text(textfile)
+    try:
+        result = perplexity(model, text, ctx=ctx, stride=stride, threads=threads, kv_type=kv_type)
+    except LlavaEdgeError as e:
+        _fail(e)
+    _echo_result(result, as_json)
+
+
+@eval_group.command("compare")
+@click.argument("ref", type=click.Path(exists=True))
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--text",
+    "text_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A UTF-8 text file, one prompt (repeatable; longer than --ctx runs in pieces).",
+)
+@click.option("-p", "--prompt", "prompts", multiple=True, help="A text prompt (repeatable).")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="An image prompt, for bundles (repeatable): --image-prompt, then REF's greedy answer.",
+)
+@click.option(
+    "--image-prompt",
+    default="Describe the image in detail.",
+    show_default=True,
+    help="Asked about each image.",
+)
+@click.option(
+    "--answer-tokens",
+    default=32,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Length cap of REF's answer about each image.",
+)
+@_ctx_option(512)
+@click.option(
+    "--kv-type",
+    type=click.Choice(["f16", "f32"]),
+    default="f16",
+    show_default=True,
+    help="KV cache precision.",
+)
+@_threads_option
+@_json_option
+def eval_compare(
+    ref, models, text_files, prompts, images, image_prompt, answer_tokens, ctx, kv_type, threads, as_json
+) -> None:
+    """How far each of MODELS is from the reference REF (e.g. quantized files from their F16 source):
+    mean / p99 / max KL(REF || MODEL) per position, the worst position, top-1 agreement, perplexities."""
+    from .evaluate import compare_many
+
+    texts = [_read_text(f) for f in text_files] + list(prompts)
+    try:
+        results = compare_many(
+            ref,
+            models,
+            texts,
+            images=images,
+            image_prompt=image_prompt,
+            answer_tokens=answer_tokens,
+            ctx=ctx,
+            threads=threads,
+            kv_type=kv_type,
+        )
+    except LlavaEdgeError as e:
+        _fail(e)
+    _echo_result(results, as_json)
+
+
+@eval_group.command("accuracy")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.argument("questions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N questions.")
+@click.option(
+    "-n", "--max-tokens", default=32, show_default=True, type=click.IntRange(1), help="Answer length cap."
+)
+@_ctx_option(4096)
+@click.option(
+    "--kv-type",
+    type=click.Choice(["f16", "f32"]),
+    default="f16",
+    show_default=True,
+    help="KV cache precision.",
+)
+@_threads_option
+@_json_option
+def eval_accuracy(bundle, questions, limit, max_tokens, ctx, kv_type, threads, as_json) -> None:
+    """Exact-answer accuracy of a LLaVA BUNDLE on QUESTIONS, a JSON list of {image, question, answer,
+    type} (image paths relative to the JSON; type optional, counted apart), answered greedily."""
+    from .evaluate import accuracy
+
+    try:
+        result = accuracy(
+            bundle, questions, limit=limit, max_tokens=max_tokens, ctx=ctx, threads=threads, kv_type=kv_type
+        )
+    except LlavaEdgeError as e:
+        _fail(e)
+    _echo_result(result, as_json)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args) -> None:
+    """Ours vs llama.cpp on random-weight files of real shapes: decode, prefill, vision tower, memory
+    bandwidth (`bench --help` for the options; `bench --shape tiny` is a quick smoke run)."""
+    from .bench import main as bench_main
+
+    try:
+        code = bench_main(list(args))
+    except LlavaEdgeError as e:
+        _fail(e)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -358,7 +358,8 @@ def normalize_answer(text: str) -> str:
 
 
 def load_question_set(path: str | os.PathLike) -> list[dict]:
-    """A JSON list of {"image", "question", "answer"}; image paths are relative to the JSON's folder."""
+    """A JSON list of {"image", "question", "answer"} and optionally "type" (a string, e.g. "color", that
+    accuracy counts apart); image paths are relative to the JSON's folder."""
     path = Path(path)
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
@@ -375,10 +376,15 @@ def load_question_set(path: str | os.PathLike) -> list[dict]:
             answer = str(answer)
         if not isinstance(answer, str):
             raise EvalError(f"{path}: item #{i} needs an answer (a string or a number)")
+        qtype = item.get("type")
+        if qtype is not None and not isinstance(qtype, str):
+            raise EvalError(f"{path}: item #{i}: type must be a string, found {type(qtype).__name__}")
         image = (path.parent / item["image"]).resolve()
         if not image.is_file():
             raise EvalError(f"{path}: item #{i}: image {image} does not exist")
         out.append({"image": str(image), "question": item["question"], "answer": answer})
+        if qtype is not None:
+            out[-1]["type"] = qtype
     return out
 
 
@@ -390,13 +396,17 @@ def accuracy(
     ctx: int = 4096,
     threads: int | None = None,
     kv_type: str = "f16",
+    limit: int | None = None,
 ) -> dict:
     """Exact-answer accuracy: each question about its image, answered greedily in a fresh conversation of
     up to `ctx` positions, is right when its normalized text equals the normalized label (see
-    `normalize_answer`)."""
+    `normalize_answer`). `limit`: only the first questions. Questions with a "type" are also counted per
+    type ("by_type": {type: {"n", "correct", "accuracy"}})."""
     from .sampling import make_sampler
 
-    items = load_question_set(question_set)
+    if limit is not None and limit < 1:
+        raise EvalError(f"limit must be at least 1, got {limit}")
+    items = load_question_set(question_set)[:limit]
     _set_threads(threads)
     model = load_llava(bundle, threads)
     greedy = make_sampler(temp=0.0)
@@ -412,6 +422,14 @@ def accuracy(
         right = normalize_answer(answer) == normalize_answer(item["answer"])
         rows.append({**item, "predicted": answer.strip(), "correct": right})
     n_right = sum(r["correct"] for r in rows)
+    by_type: dict[str, dict] = {}
+    for r in rows:
+        if "type" in r:
+            t = by_type.setdefault(r["type"], {"n": 0, "correct": 0})
+            t["n"] += 1
+            t["correct"] += int(r["correct"])
+    for t in by_type.values():
+        t["accuracy"] = t["correct"] / t["n"]
     return {
         "kind": "accuracy",
         "model": str(bundle),
@@ -419,6 +437,7 @@ def accuracy(
         "n": len(rows),
         "correct": n_right,
         "accuracy": n_right / len(rows),
+        "by_type": dict(sorted(by_type.items())),
         "items": rows,
     }
 
@@ -465,6 +484,8 @@ def format_table(result: dict) -> str:
             ("questions", result["question_set"]),
             ("accuracy", f"{100 * result['accuracy']:.1f} % ({result['correct']}/{result['n']})"),
         ]
+        for name, t in result.get("by_type", {}).items():
+            rows.append((f"  {name}", f"{100 * t['accuracy']:.1f} % ({t['correct']}/{t['n']})"))
         for r in result["items"]:
             mark = "ok " if r["correct"] else "ERR"
             rows.append((mark, f"{r['question']!r}: {r['predicted']!r} (expected {r['answer']!r})"))
