@@ -72,7 +72,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import math
 import os
 import platform
@@ -90,6 +89,7 @@ import numpy as np
 
 from .ggml_types import BLOCK_LAYOUT, GGMLType
 from .gguf_writer import GGUFWriter
+from .vision_int8 import feature_cosine, quantize_tower_int8
 
 GENERATOR_VERSION = 1  # bump when the generated files change: it is part of their cache names
 WEIGHT_STD = 0.02
@@ -387,33 +387,9 @@ def vision_files(cache_dir: Path, shape: str, seed: int, precisions: Sequence[st
     onnx["fp32"] = _cached(fp32, lambda p: build_clip_onnx(mmproj, p), log)
     if "int8" in precisions:
         onnx["int8"] = _cached(
-            fp32.with_name(fp32.name.replace("-fp32", "-int8")), lambda p: _int8(fp32, p), log
+            fp32.with_name(fp32.name.replace("-fp32", "-int8")), lambda p: quantize_tower_int8(fp32, p), log
         )
     return {"mmproj": mmproj, "mmtext": mmtext, "onnx": onnx}
-
-
-def _int8(src: Path, dst: Path) -> None:
-    """onnxruntime dynamic quantization: int8 weights per output channel, activations quantized at run
-    time; only MatMuls with a constant weight (attention's activation x activation products stay fp32)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # it advises pre-processing on the root logger; nothing to act on here
-    try:
-        quantize_dynamic(
-            src,
-            tmp,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-            extra_options={"MatMulConstBOnly": True},
-        )
-        os.replace(tmp, dst)
-    finally:
-        root.setLevel(level)
-        tmp.unlink(missing_ok=True)
 
 
 # ---- child processes (top-level imports stay light: a child loads only what it measures) ---------------
@@ -577,9 +553,7 @@ def _child_ours_vision(spec: dict) -> dict:
     if spec.get("reference_onnx"):  # after the RSS reading: the reference tower is not this engine's
         del tower
         reference = VisionTower(spec["reference_onnx"], threads=spec["threads"]).encode(x)[0]
-        a, b = features[0].astype(np.float64), reference.astype(np.float64)
-        per_token = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        out["cosine_vs_fp32"] = {"min": float(per_token.min()), "mean": float(per_token.mean())}
+        out["cosine_vs_fp32"] = feature_cosine(reference, features[0])
     return out
 
 

@@ -315,7 +315,15 @@ def info(path, system) -> None:
     type=click.Path(exists=True, file_okay=False),
     help="Original-layout LLaVA-1.5: the local CLIP folder whose weights the checkpoint leaves out.",
 )
-def convert(hf_dir, out, file_type, trust_pickle, vision_tower_dir) -> None:
+@click.option(
+    "--vision-precision",
+    type=click.Choice(["fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="LLaVA: the ONNX tower's weights; int8 (vision-int8.onnx) is a quarter of the size and faster "
+    "with VNNI; check its features on your images (the conversion prints their cosine to fp32's).",
+)
+def convert(hf_dir, out, file_type, trust_pickle, vision_tower_dir, vision_precision) -> None:
     """Convert a Hugging Face checkpoint: a LLaVA model to a bundle directory OUT (model.gguf +
     vision.onnx), a Mistral/Llama text model to the GGUF file OUT."""
     try:
@@ -333,6 +341,7 @@ def convert(hf_dir, out, file_type, trust_pickle, vision_tower_dir) -> None:
                 file_type,
                 trust_pickle=trust_pickle,
                 vision_tower_dir=vision_tower_dir,
+                vision_precision=vision_precision,
             )
     except LlavaEdgeError as e:
         _fail(e)

@@ -566,3 +566,37 @@ def score_answers(questions: Sequence[dict], predictions: Sequence[str]) -> dict
         if q.get("type", "all") != "all":
             hits.setdefault("all", []).append(ok)
     return {t: float(np.mean(v)) for t, v in sorted(hits.items())}
+
+
+# -- the example images that ship in examples/ ---------------------------------------------------------
+
+EXAMPLES = {
+    "shapes.png": Scene.of(
+        ("red", "circle", "top left"), ("blue", "star", "center"), ("yellow", "triangle", "bottom right")
+    ),
+    "hearts.png": Scene.of(
+        ("pink", "heart", "left"),
+        ("green", "heart", "top right"),
+        ("white", "diamond", "bottom"),
+        background="navy",
+    ),
+    "four.png": Scene.of(
+        ("orange", "square", "top"),
+        ("purple", "cross", "right"),
+        ("black", "circle", "bottom left"),
+        ("red", "star", "bottom right"),
+        background="beige",
+    ),
+}
+
+
+def write_examples(folder: str | os.PathLike, image_size: int = 288) -> dict[str, str]:
+    """Draw EXAMPLES into `folder`; returns {file name: caption}. Larger than the demo tower's input (it is
+    resized as any photo would be), so that people can see them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, scene in EXAMPLES.items():
+        render_scene(scene, image_size).save(folder / name)
+        out[name] = caption(scene)
+    return out

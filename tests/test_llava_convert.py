@@ -410,3 +410,37 @@ def test_unknown_architecture_and_type_refused(sources, tmp_path):
         plan_llava(other)
     with pytest.raises(ConvertError, match="unknown --type"):
         export_llava(sources("v1.5", "hf"), tmp_path / "out", "q3_k", progress=False)
+
+
+def test_int8_tower_via_the_cli_keeps_the_features(converted, root):
+    """`convert --vision-precision int8`: the bundle names vision-int8.onnx (its hash recorded, the fp32
+    file gone), and its features stay close to the fp32 tower's."""
+    from click.testing import CliRunner
+
+    from llava_edge.cli import main
+    from llava_edge.vision_int8 import feature_cosine
+
+    c = converted("v1.5", "hf")
+    out = root / "v1.5-hf-int8"
+    result = CliRunner().invoke(
+        main, ["convert", str(c.src), str(out), "--type", "f32", "--vision-precision", "int8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.gguf", "vision-int8.onnx"]
+    meta, _, _, _ = read_gguf(out / "model.gguf")
+    assert meta["llava.vision_onnx"] == "vision-int8.onnx"
+    assert meta["llava.vision_onnx_sha256"] == file_sha256(out / "vision-int8.onnx")
+    pixels = np.random.default_rng(1).standard_normal((2, 3, 56, 56)).astype(np.float32)
+    cos = feature_cosine(
+        VisionTower(c.out / "vision.onnx").encode(pixels),
+        VisionTower(out / "vision-int8.onnx").encode(pixels),
+    )
+    assert cos["min"] > 0.99, cos
+    assert (out / "vision-int8.onnx").stat().st_size < (c.out / "vision.onnx").stat().st_size
+
+
+def test_unknown_vision_precision_is_refused(converted, root):
+    c = converted("v1.5", "hf")
+    with pytest.raises(ConvertError, match="vision precision"):
+        export_llava(c.src, root / "never", "f32", vision_precision="fp8", progress=False)
+    assert not (root / "never").exists()

@@ -554,6 +554,32 @@ def _projector_types(file_type: str, plan: LlavaPlan) -> dict[str, GGMLType]:
     return types
 
 
+VISION_PRECISIONS = ("fp32", "int8")
+INT8_VISION_FILE = "vision-int8.onnx"
+
+
+def _int8_tower(fp32: Path, dst: Path, facts: dict, progress: bool) -> dict:
+    """Replace the fp32 tower by its int8 version; say how close their features are on a random image."""
+    import numpy as np
+
+    from ..vision_int8 import feature_cosine, quantize_tower_int8
+    from ..vision_tower import VisionTower, file_sha256
+
+    quantize_tower_int8(fp32, dst)
+    s = facts["image_size"]
+    pixels = np.random.default_rng(0).standard_normal((1, 3, s, s)).astype(np.float32)
+    cos = feature_cosine(
+        VisionTower(fp32, threads=1).encode(pixels), VisionTower(dst, threads=1).encode(pixels)
+    )
+    _say(
+        progress,
+        f"int8 vision tower -> {dst} (feature cosine to fp32 on a random image: min {cos['min']:.5f}, "
+        f"mean {cos['mean']:.5f})",
+    )
+    fp32.unlink()
+    return {**facts, "onnx_file": dst.name, "sha256": file_sha256(dst), "int8_cosine": cos}
+
+
 def export_llava(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -561,15 +587,21 @@ def export_llava(
     *,
     trust_pickle: bool = False,
     vision_tower_dir: str | os.PathLike | None = None,
+    vision_precision: str = "fp32",
     progress: bool = True,
 ) -> Path:
     """LLaVA checkpoint folder -> bundle folder `out_dir` with `model.gguf` and `vision.onnx`; returns
-    out_dir. The ONNX is written (and checked against torch) first, so the GGUF can record its SHA-256."""
+    out_dir. The ONNX is written (and checked against torch) first, so the GGUF can record its SHA-256.
+    `vision_precision` "int8": the bundle carries `vision-int8.onnx` instead (see llava_edge.vision_int8)."""
     from .vision_export import export_vision_onnx
 
     out_dir = Path(out_dir)
     if file_type not in FILE_TYPES:
         raise ConvertError(f"unknown --type {file_type!r}; choose one of {', '.join(FILE_TYPES)}")
+    if vision_precision not in VISION_PRECISIONS:
+        raise ConvertError(
+            f"unknown vision precision {vision_precision!r}; choose one of {', '.join(VISION_PRECISIONS)}"
+        )
     plan = plan_llava(model_dir, trust_pickle=trust_pickle, vision_tower_dir=vision_tower_dir)
     meta = plan.decoder_meta
     tokenizer = sentencepiece_metadata(plan.model_dir, meta["llama.vocab_size"])
@@ -605,10 +637,13 @@ def export_llava(
         partial.unlink(missing_ok=True)
         raise ConvertError(f"{plan.model_dir}: exporting the vision tower to ONNX failed: {e}") from e
     os.replace(partial, onnx_path)  # a complete file or none: the GGUF below names its hash
+    facts = {**facts, "onnx_file": VISION_FILE}
+    if vision_precision == "int8":
+        facts = _int8_tower(onnx_path, out_dir / INT8_VISION_FILE, facts, progress)
 
     llava = LlavaMeta(
         projector_type="mlp2x_gelu",
-        vision_onnx=VISION_FILE,
+        vision_onnx=facts["onnx_file"],
         vision_onnx_sha256=facts["sha256"],
         vision_width=facts["width"],
         vision_tokens=facts["n_tokens"],
