@@ -190,8 +190,8 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from .llava_export import export_llava
+    from .train import _checkpoint_dirs, train
     from .train import build_parser as train_parser
-    from .train import train
     from .train_model import copy_side_files, create_model, load_llava, model_preprocess_config
 
     if args.threads:
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> dict:
     finetune = out / "finetune"
     if not (finetune / "model" / "config.json").is_file():
         t0 = time.perf_counter()
-        resume = ["--resume"] if any(finetune.glob("checkpoint-*")) else []
+        resume = ["--resume"] if _checkpoint_dirs(finetune) else []
         train(
             train_parser().parse_args(
                 [
