@@ -283,6 +283,7 @@ def run(args: argparse.Namespace) -> dict:
         **{
             f"{k}_stage": json.loads((d / f"{k}_stage.json").read_text())
             for k, d in (("tower", stage0), ("finetune", finetune))
+            if (d / f"{k}_stage.json").is_file()  # absent when a stage ran under an older recipe
         },
         **report,
         "ship_bytes": {p.name: p.stat().st_size for p in sorted(ship.iterdir())},
