@@ -92,15 +92,16 @@ def test_recipe_runs_a_few_steps_and_ships_an_int8_bundle(tmp_path):
     import llava_edge
 
     chat = llava_edge.load(ship).chat()
-    text = "".join(
-        r.text
-        for r in chat.ask(
+    responses = list(
+        chat.ask(
             "What color is the star?",
             images=[str(out / "data" / "images" / "heldout_000000.png")],
             max_tokens=4,
         )
     )
-    assert isinstance(text, str)
+    # the shipped bundle runs end to end: its int8 tower, projector and decoder produce an answer that ends
+    assert 1 <= len(responses) <= 4
+    assert responses[-1].finish_reason in ("stop", "length")
 
     # a second run finds every stage done and only re-measures
     log_before = (out / "finetune" / "log.jsonl").read_text()
