@@ -41,6 +41,17 @@ def test_patch_labels_name_each_cell_of_the_scene():
     assert (demo_recipe.patch_labels(gradient, grid)[3] == len(BACKGROUNDS)).all()
 
 
+def test_one_image_token_per_grid_cell():
+    """The shipped configuration: a 3 x 3 patch grid, each patch exactly one cell, in reading order."""
+    grid = demo_recipe.VISION["image_size"] // demo_recipe.VISION["patch_size"]
+    assert grid == 3
+    scene = Scene.of(("green", "heart", "bottom right"), ("black", "cross", "top"))
+    kind, color, cell, _ = demo_recipe.patch_labels(_as_dict(scene), grid)
+    assert cell.tolist() == list(range(9))
+    assert kind.tolist() == [0, SHAPES.index("cross") + 1, 0, 0, 0, 0, 0, 0, SHAPES.index("heart") + 1]
+    assert color[8] == list(COLORS).index("green") + 1 and color[1] == list(COLORS).index("black") + 1
+
+
 def test_patch_labels_agree_with_the_drawn_pixels():
     """The cell a label names really holds that shape's colour in the rendered image."""
     rng = np.random.default_rng(3)
@@ -102,6 +113,29 @@ def test_recipe_runs_a_few_steps_and_ships_an_int8_bundle(tmp_path):
     # the shipped bundle runs end to end: its int8 tower, projector and decoder produce an answer that ends
     assert 1 <= len(responses) <= 4
     assert responses[-1].finish_reason in ("stop", "length")
+
+    # the training conversations: up to --max-turns turns, and some longer than the decoder's window
+    from llava_edge.convert.data import ConversationEncoder, load_samples
+    from llava_edge.convert.train_model import (
+        chat_template_name,
+        image_token_count,
+        load_llava,
+        runtime_tokenizer,
+    )
+
+    model_dir = out / "finetune" / "model"
+    cfg = load_llava(model_dir).config
+    assert image_token_count(cfg) == 9
+    encoder = ConversationEncoder(
+        runtime_tokenizer(model_dir, cfg.text_config.vocab_size),
+        chat_template_name(cfg),
+        cfg.image_token_id,
+        image_token_count(cfg),
+    )
+    samples = load_samples(out / "data" / "train.json")
+    assert max(len(s.turns) for s in samples) <= 8
+    lengths = [len(encoder.encode(s)[0]) for s in samples]
+    assert max(lengths) > cfg.text_config.sliding_window, max(lengths)
 
     # a second run finds every stage done and only re-measures
     log_before = (out / "finetune" / "log.jsonl").read_text()

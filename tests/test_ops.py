@@ -592,7 +592,7 @@ out = {"isa": np.array(K.isa())}
 same_bits = []
 for t in [0, 1, 30, 2, 8, 12, 13, 14]:
     bs = K.block_size(t)
-    counts = [1, 3, 15, 16, 17, 33, 127, 129, 1023] if bs == 1 else [1, 2, 3, 4, 5, 7, 8, 9, 17] if bs == 32 else [1, 2, 3]
+    counts = {1: [1, 3, 15, 16, 17, 33, 127, 129, 1023], 32: [1, 2, 3, 4, 5, 7, 8, 9, 17], 256: [1, 2, 3]}[bs]
     for nb in counts:
         n_in = bs * nb
         w = rng.standard_normal((13, n_in)).astype(np.float32)
@@ -606,7 +606,8 @@ for t in [0, 1, 30, 2, 8, 12, 13, 14]:
         # decode == prefill, bit for bit, for a token inside a micro-tile and one in a tail
         same_bits.append(all(np.array_equal(K.matmul(q, t, x[i]), y[i]) for i in (1, 6)))
 for kv in ["f32", "f16", "q8_0"]:
-    for n_head, n_kv, hd, window in [(4, 4, 32, 0), (8, 2, 64, 0), (4, 1, 32, 5), (6, 2, 128, 9), (8, 1, 32, 0), (3, 3, 17, 0)]:
+    shapes = [(4, 4, 32, 0), (8, 2, 64, 0), (4, 1, 32, 5), (6, 2, 128, 9), (8, 1, 32, 0), (3, 3, 17, 0)]
+    for n_head, n_kv, hd, window in shapes:
         if kv == "q8_0" and hd % 32:
             continue
         n_k = 41
