@@ -20,6 +20,13 @@ What it measures (DESIGN.md section 8), each engine in its own child process so 
   Runs are interleaved (ours, llama.cpp, ours, ...) `--runs` times; every figure is reported as
   min / median / max and the ratio ours / llama.cpp is taken on medians (tokens/s: above 1 means ours is
   faster; seconds and MB: below 1 means ours is better).
+  Decode, with both engines selected, is timed differently (`--decode-turn`, default 16): in each run one
+  child loads both engines and they decode in turns of 16 tokens (ours, llama.cpp, llama.cpp, ours, ...)
+  until each has made `--decode-tokens`. Decode streams every weight once per token, so it follows the
+  memory bandwidth the machine's neighbours leave, which swings by up to 2x within a minute here (33 to
+  57 GB/s measured in one session); turns a few seconds long put both engines in the same weather. The
+  decode ratio is then the median of the runs' own ratios (min and max shown beside it), and each engine's
+  tokens/s come from those runs. Load, prefill and peak RSS still come from one child per engine.
 - memory read bandwidth on 1 and `--threads` threads: numpy `float64` max-reduction over a
   `--bandwidth-gib` array, the best of 10 passes; with several threads, a thread pool reduces disjoint
   slices (numpy releases the GIL in reductions). Decode floor = bytes streamed per token / bandwidth at
@@ -416,83 +423,124 @@ def _prompts(spec: dict) -> tuple[np.ndarray, np.ndarray]:
     return short, long
 
 
-def _child_ours_text(spec: dict) -> dict:
-    from . import _kernels
-    from .generate import prefill
-    from .loader import load_text_model
+class _OursText:
+    """Our decoder behind the calls the measurements make; the constructor is what "load" times."""
 
-    _kernels.set_num_threads(spec["threads"])
+    def __init__(self, spec: dict):
+        from . import _kernels
+        from .loader import load_text_model
+
+        _kernels.set_num_threads(spec["threads"])
+        self.spec = spec
+        self.model, _ = load_text_model(spec["model"])
+        self.cache = self.model.make_cache(spec["n_ctx"])
+
+    def eval(self, ids: np.ndarray) -> np.ndarray:
+        """Logits after a prompt (`generate.prefill`, chunk `--prefill-chunk`)."""
+        from .generate import prefill
+
+        return prefill(self.model, self.cache, ids, chunk=self.spec["prefill_chunk"])
+
+    def step(self, token: int) -> np.ndarray:
+        """One decode step, as `generate.generate_step` makes it."""
+        return self.model(np.array([token], np.int32), self.cache)
+
+    def reset(self) -> None:
+        self.cache = None  # freed before the new one exists, as a fresh process would have it
+        self.cache = self.model.make_cache(self.spec["n_ctx"])
+
+
+class _LlamaText:
+    """llama.cpp (llama-cpp-python's `Llama`) behind the same calls."""
+
+    def __init__(self, spec: dict):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.llm = llama_cpp.Llama(
+            model_path=spec["model"],
+            n_ctx=spec["n_ctx"],
+            n_threads=spec["threads"],
+            n_threads_batch=spec["threads"],
+            n_batch=spec["prefill_chunk"],
+            n_ubatch=spec["prefill_chunk"],
+            flash_attn=spec["llama_flash_attn"],
+            use_mmap=True,
+            n_gpu_layers=0,
+            verbose=False,
+        )
+        self.n_vocab = self.llm.n_vocab()
+
+    def _logits(self) -> np.ndarray:
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def eval(self, ids: np.ndarray) -> np.ndarray:
+        self.llm.eval(ids.tolist())
+        return self._logits()
+
+    def step(self, token: int) -> np.ndarray:
+        self.llm.eval([token])
+        return self._logits()
+
+    def reset(self) -> None:
+        self.llm.reset()  # the next eval clears the KV cache from position 0
+
+
+_ENGINES = {"ours": _OursText, "llama.cpp": _LlamaText}
+
+
+def _greedy(engine, logits: np.ndarray, n: int) -> tuple[float, list[int], np.ndarray]:
+    """n greedy decode steps from `logits`: (seconds, tokens, last logits); argmax timed too."""
+    tokens = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tok = int(np.argmax(logits))
+        tokens.append(tok)
+        logits = engine.step(tok)
+    return time.perf_counter() - t0, tokens, logits
+
+
+def _child_text(spec: dict) -> dict:
     short, long = _prompts(spec)
     t0 = time.perf_counter()
-    model, _ = load_text_model(spec["model"])
-    cache = model.make_cache(spec["n_ctx"])
+    engine = _ENGINES[spec["engine"]](spec)
     out = {"load_s": time.perf_counter() - t0}
-    logits = prefill(model, cache, short, chunk=spec["prefill_chunk"])  # warm-up: every page faulted in
-    out["prompt_logits"] = logits.tolist()
+    logits = engine.eval(short)  # warm-up: every page faulted in
+    out["prompt_logits"] = np.asarray(logits, np.float64).tolist()
     if "decode" in spec["measures"]:
-        tokens = []
-        t0 = time.perf_counter()
-        for _ in range(spec["decode_tokens"]):
-            tok = int(np.argmax(logits))
-            tokens.append(tok)
-            logits = model(np.array([tok], np.int32), cache)
-        out["decode_tps"] = spec["decode_tokens"] / (time.perf_counter() - t0)
-        out["tokens"] = tokens
-    del cache
+        seconds, out["tokens"], _ = _greedy(engine, logits, spec["decode_tokens"])
+        out["decode_tps"] = spec["decode_tokens"] / seconds
     if "prefill" in spec["measures"]:
-        cache = model.make_cache(spec["n_ctx"])
+        engine.reset()
         t0 = time.perf_counter()
-        logits = prefill(model, cache, long, chunk=spec["prefill_chunk"])
+        logits = engine.eval(long)
         out["prefill_tps"] = len(long) / (time.perf_counter() - t0)
         out["prefill_finite"] = bool(np.isfinite(logits).all())
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
 
 
-def _child_llama_text(spec: dict) -> dict:
-    import llama_cpp
-
-    short, long = _prompts(spec)
-    t0 = time.perf_counter()
-    llm = llama_cpp.Llama(
-        model_path=spec["model"],
-        n_ctx=spec["n_ctx"],
-        n_threads=spec["threads"],
-        n_threads_batch=spec["threads"],
-        n_batch=spec["prefill_chunk"],
-        n_ubatch=spec["prefill_chunk"],
-        flash_attn=spec["llama_flash_attn"],
-        use_mmap=True,
-        n_gpu_layers=0,
-        verbose=False,
-    )
-    out = {"load_s": time.perf_counter() - t0}
-    n_vocab = llm.n_vocab()
-
-    def last_logits() -> np.ndarray:
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-
-    llm.eval(short.tolist())  # warm-up, as ours
-    logits = last_logits()
-    out["prompt_logits"] = logits.tolist()
-    if "decode" in spec["measures"]:
-        tokens = []
-        t0 = time.perf_counter()
-        for _ in range(spec["decode_tokens"]):
-            tok = int(np.argmax(logits))
-            tokens.append(tok)
-            llm.eval([tok])
-            logits = last_logits()
-        out["decode_tps"] = spec["decode_tokens"] / (time.perf_counter() - t0)
-        out["tokens"] = tokens
-    if "prefill" in spec["measures"]:
-        llm.reset()  # the next eval clears the KV cache from position 0
-        t0 = time.perf_counter()
-        llm.eval(long.tolist())
-        out["prefill_tps"] = len(long) / (time.perf_counter() - t0)
-        out["prefill_finite"] = bool(np.isfinite(last_logits()).all())
-    out["peak_rss_mb"] = _peak_rss_mb()
-    return out
+def _child_paired_decode(spec: dict) -> dict:
+    """Both engines in one process, decoding in turns of `turn_tokens` tokens each, the order swapped every
+    turn: both then meet the same machine. On a shared host the memory bandwidth left to us swings by up
+    to 2x within a minute (measured here: 33 to 57 GB/s), which separate runs cannot tell from a
+    difference in speed; decode, which streams every weight per token, follows it."""
+    short, _ = _prompts(spec)
+    engines = {name: _ENGINES[name](spec) for name in ENGINES}
+    logits = {name: e.eval(short) for name, e in engines.items()}  # warm-up, as in _child_text
+    seconds = dict.fromkeys(engines, 0.0)
+    tokens: dict[str, list[int]] = {name: [] for name in engines}
+    order, done = list(engines), 0
+    while done < spec["decode_tokens"]:
+        n = min(spec["turn_tokens"], spec["decode_tokens"] - done)
+        for name in order:
+            s, toks, logits[name] = _greedy(engines[name], logits[name], n)
+            seconds[name] += s
+            tokens[name] += toks
+        order.reverse()
+        done += n
+    return {name: {"decode_tps": done / seconds[name], "tokens": tokens[name]} for name in engines}
 
 
 def _child_bandwidth(spec: dict) -> dict:
@@ -611,8 +659,8 @@ def _child_llama_vision(spec: dict) -> dict:
 
 
 _CHILDREN = {
-    "ours_text": _child_ours_text,
-    "llama_text": _child_llama_text,
+    "text": _child_text,
+    "paired_decode": _child_paired_decode,
     "bandwidth": _child_bandwidth,
     "ours_vision": _child_ours_vision,
     "llama_vision": _child_llama_vision,
@@ -729,6 +777,7 @@ def run_bench(
     threads: int = 2,
     runs: int = 3,
     decode_tokens: int = 128,
+    turn_tokens: int = 16,
     prompt_tokens: int = 16,
     prefill_tokens: int = 640,
     prefill_chunk: int = 640,
@@ -763,6 +812,8 @@ def run_bench(
             raise ValueError(f"unknown {name} {bad[0]!r}; choose from {', '.join(allowed)}")
     if prompt_tokens < 1 or prefill_tokens < 1 or decode_tokens < 1 or runs < 1 or threads < 1:
         raise ValueError("token counts, runs and threads must be at least 1")
+    if turn_tokens < 0:
+        raise ValueError("--decode-turn must be 0 (no turns) or more")
     if max(prompt_tokens + decode_tokens, prefill_tokens) > n_ctx:
         raise ValueError(f"n_ctx {n_ctx} is smaller than the longest sequence the run needs")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -772,6 +823,7 @@ def run_bench(
         threads=threads,
         runs=runs,
         decode_tokens=decode_tokens,
+        turn_tokens=turn_tokens,
         prompt_tokens=prompt_tokens,
         prefill_tokens=prefill_tokens,
         prefill_chunk=prefill_chunk,
@@ -815,6 +867,7 @@ def run_bench(
             vocab=TEXT_SHAPES[shape].vocab,
             n_ctx=n_ctx,
             decode_tokens=decode_tokens,
+            turn_tokens=turn_tokens,
             prompt_tokens=prompt_tokens,
             prefill_tokens=prefill_tokens,
             prefill_chunk=prefill_chunk,
@@ -838,14 +891,26 @@ _TEXT_FIELDS = ("load_s", "decode_tps", "prefill_tps", "peak_rss_mb", "others_cp
 
 
 def _run_text(path: Path, spec: dict, engines: Sequence[str], runs: int, child, log) -> dict:
-    """One GGUF: `runs` children per engine, interleaved so that slow spells of a shared machine hit both."""
+    """One GGUF: `runs` children per engine, interleaved so that slow spells of a shared machine hit both.
+    With both engines and `turn_tokens` > 0, decode is measured apart, in `runs` paired children (see
+    _child_paired_decode), and the per-engine children measure the rest."""
     size, streamed = _streamed_bytes(path)
     entry: dict = {"file": str(path), "file_bytes": size, "streamed_bytes_per_token": streamed}
+    paired = "decode" in spec["measures"] and spec["turn_tokens"] > 0 and set(ENGINES) <= set(engines)
+    alone = [m for m in spec["measures"] if not (paired and m == "decode")]
     samples: dict[str, list[dict]] = {e: [] for e in engines}
+    pairs: list[dict] = []
     for i in range(runs):
+        if paired:
+            turns = f"both engines taking turns of {spec['turn_tokens']} tokens"
+            log(f"{path.name}: decode, {turns}, run {i + 1}/{runs} ...")
+            r = child({**spec, "kind": "paired_decode"})
+            if r:
+                pairs.append(r)
+                log("  " + ", ".join(f"{e} {r[e]['decode_tps']:.3g} tokens/s" for e in ENGINES))
         for engine in engines:
             log(f"{path.name}: {engine}, run {i + 1}/{runs} ...")
-            r = child({**spec, "kind": "ours_text" if engine == "ours" else "llama_text"})
+            r = child({**spec, "measures": alone, "kind": "text", "engine": engine})
             if r:
                 samples[engine].append(r)
                 log("  " + ", ".join(f"{k} {r[k]:.3g}" for k in _TEXT_FIELDS if k in r))
@@ -853,14 +918,28 @@ def _run_text(path: Path, spec: dict, engines: Sequence[str], runs: int, child, 
         if rs:
             entry[engine] = {k: summary([r[k] for r in rs]) for k in _TEXT_FIELDS if k in rs[0]}
             entry[engine]["finite"] = all(r.get("prefill_finite", True) for r in rs)
+    if pairs:
+        for engine in ENGINES:
+            entry.setdefault(engine, {})["decode_tps"] = summary([r[engine]["decode_tps"] for r in pairs])
+        dp = entry["decode_pairs"] = {
+            "turn_tokens": spec["turn_tokens"],
+            "ratio": summary([r["ours"]["decode_tps"] / r["llama.cpp"]["decode_tps"] for r in pairs]),
+        }
+        shares = [r["others_cpu_share"] for r in pairs if "others_cpu_share" in r]
+        if shares:
+            dp["others_cpu_share"] = summary(shares)
     if all(samples.get(e) for e in ENGINES):  # same file, same maths: a sanity check, not a target
         a, b = (np.asarray(samples[e][0]["prompt_logits"], np.float64) for e in ENGINES)
         entry["agreement"] = {
             "prompt_logits_cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),
             "prompt_top1_same": bool(a.argmax() == b.argmax()),
         }
-        if "decode" in spec["measures"]:
+        first = None
+        if pairs:
+            first = [pairs[0][e]["tokens"] for e in ENGINES]
+        elif "decode" in alone:
             first = [samples[e][0]["tokens"] for e in ENGINES]
+        if first:
             entry["agreement"]["greedy_common_prefix"] = _common_prefix(*first)
             entry["agreement"]["of"] = spec["decode_tokens"]
     return entry
@@ -874,6 +953,8 @@ def _text_ratios(entry: dict, bandwidth: dict | None, threads: int) -> None:
             for k in ours
             if k in llama and k not in ("finite", "others_cpu_share")
         }
+        if "decode_pairs" in entry:  # each run's ratio is the fair one; their median
+            entry["ratio"]["decode_tps"] = entry["decode_pairs"]["ratio"]["median"]
     if bandwidth and "decode_tps" in (ours or llama or {}):
         floor_tps = bandwidth["gb_per_s"][str(threads)] * 1e9 / entry["streamed_bytes_per_token"]
         entry["floor"] = {"tps": floor_tps, "bandwidth_threads": threads}
@@ -1014,6 +1095,13 @@ def format_table(result: dict) -> str:
             if key == "decode_tps" and "floor" in e:
                 pct = [e["floor"].get(f"fraction_{n}") for n in ENGINES]
                 lines.append(row.format("  of floor", *(f"{f:.0%}" if f else "-" for f in pct), ""))
+        if "decode_pairs" in e:
+            dp = e["decode_pairs"]
+            lines.append(
+                f"  decode: both engines in one process, taking turns of {dp['turn_tokens']} tokens; "
+                f"ratio per run {_mmm(dp['ratio'])} (the ratio column: its median)"
+                + (f", others' CPU share {_pct(dp['others_cpu_share'])}" if "others_cpu_share" in dp else "")
+            )
         if "agreement" in e:
             g = e["agreement"]
             line = f"  engines agree: logits after the prompt cosine {g['prompt_logits_cosine']:.4f}"
@@ -1101,6 +1189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="Repeats of every measurement (default: 3).")
     p.add_argument("--decode-tokens", type=int, default=128, help="Timed decode steps (default: 128).")
     p.add_argument(
+        "--decode-turn",
+        type=int,
+        default=16,
+        help="With both engines, decode is timed with both in one process taking turns of this many tokens, "
+        "so both meet the same machine; 0 times each in its own process instead (default: 16).",
+    )
+    p.add_argument(
         "--prompt-tokens", type=int, default=16, help="Untimed prompt before decoding (default: 16)."
     )
     p.add_argument("--prefill-tokens", type=int, default=640, help="Timed prompt length (default: 640).")
@@ -1174,6 +1269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             runs=args.runs,
             decode_tokens=args.decode_tokens,
+            turn_tokens=args.decode_turn,
             prompt_tokens=args.prompt_tokens,
             prefill_tokens=args.prefill_tokens,
             prefill_chunk=args.prefill_chunk,

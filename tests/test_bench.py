@@ -67,6 +67,15 @@ def test_tiny_bench_writes_every_field(tmp_path):
         assert all(0 <= v < 2 for v in e[engine]["others_cpu_share"]["runs"])  # a share of all CPUs
     assert set(e["ratio"]) == {"load_s", "decode_tps", "prefill_tps", "peak_rss_mb"}
     assert all(positive(v) for v in e["ratio"].values())
+    # decode: both engines in one child per run, taking turns; the ratio is the median of the runs' own
+    pairs = e["decode_pairs"]
+    assert pairs["turn_tokens"] == 16
+    check_summary(pairs["ratio"], runs, "decode ratio per run")
+    rates = (e["ours"]["decode_tps"]["runs"], e["llama.cpp"]["decode_tps"]["runs"])
+    per_run = [o / t for o, t in zip(*rates, strict=True)]
+    assert pairs["ratio"]["runs"] == pytest.approx(per_run)
+    assert e["ratio"]["decode_tps"] == pairs["ratio"]["median"]
+    assert "taking turns of 16 tokens" in proc.stdout
     assert positive(e["floor"]["tps"])
     assert positive(e["floor"]["fraction_ours"]) and positive(e["floor"]["fraction_llama.cpp"])
     agree = e["agreement"]
@@ -87,3 +96,20 @@ def test_tiny_bench_writes_every_field(tmp_path):
     assert positive(llama["load_s"]) and positive(llama["peak_rss_mb"]) and llama["finite"] is True
     assert llama["n_tokens"] == (v["shape"]["image"] // v["shape"]["patch"]) ** 2
     assert r["config"]["threads"] == threads and r["machine"]["llama_cpp_python"]
+
+
+def test_decode_turn_zero_times_each_engine_in_its_own_child(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(SCRIPT), "--shape", "tiny", "--types", "q4_0", "--runs", "1"]
+    cmd += ["--only", "decode", "--decode-turn", "0", "--decode-tokens", "32"]
+    cmd += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    e = json.loads(out.read_text())["text"]["q4_0"]
+    assert "decode_pairs" not in e and "taking turns" not in proc.stdout
+    for engine in ("ours", "llama.cpp"):
+        check_summary(e[engine]["decode_tps"], 1, engine)
+    assert e["ratio"]["decode_tps"] == pytest.approx(
+        e["ours"]["decode_tps"]["median"] / e["llama.cpp"]["decode_tps"]["median"]
+    )
+    assert 0 <= e["agreement"]["greedy_common_prefix"] <= e["agreement"]["of"] == 32
