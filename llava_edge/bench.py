@@ -26,7 +26,9 @@ What it measures (DESIGN.md section 8), each engine in its own child process so 
   memory bandwidth the machine's neighbours leave, which swings by up to 2x within a minute here (33 to
   57 GB/s measured in one session); turns a few seconds long put both engines in the same weather. The
   decode ratio is then the median of the runs' own ratios (min and max shown beside it), and each engine's
-  tokens/s come from those runs. Load, prefill and peak RSS still come from one child per engine.
+  tokens/s come from those runs. After every pair of turns the child also reads a 512 MiB array (as the
+  bandwidth test does, best of 3) and reports the median per run: the weather both engines decoded in.
+  Load, prefill and peak RSS still come from one child per engine.
 - memory read bandwidth on 1 and `--threads` threads: numpy `float64` max-reduction over a
   `--bandwidth-gib` array, the best of 10 passes; with several threads, a thread pool reduces disjoint
   slices (numpy releases the GIL in reductions). Decode floor = bytes streamed per token / bandwidth at
@@ -105,6 +107,9 @@ MEASURES = ("decode", "prefill", "vision", "bandwidth")
 DEFAULT_TYPES = ("q4_0", "q8_0", "q4_k_m")
 VISION_PRECISIONS = ("fp32", "int8")
 COSINE_BAR = 0.999
+# Both engines' logits after the prompt, same file: 0.993-0.995 on the random 7B files (rounding amplified
+# over 32 random layers), 0.9999 on the tiny ones; a broken kernel gives ~0.
+AGREEMENT_BAR = 0.98
 
 
 @dataclass(frozen=True)
@@ -529,8 +534,10 @@ def _child_paired_decode(spec: dict) -> dict:
     short, _ = _prompts(spec)
     engines = {name: _ENGINES[name](spec) for name in ENGINES}
     logits = {name: e.eval(short) for name, e in engines.items()}  # warm-up, as in _child_text
+    probe = np.ones(2**26, np.float64)  # 512 MiB: the weather between turns, for the report
     seconds = dict.fromkeys(engines, 0.0)
     tokens: dict[str, list[int]] = {name: [] for name in engines}
+    bandwidth = []
     order, done = list(engines), 0
     while done < spec["decode_tokens"]:
         n = min(spec["turn_tokens"], spec["decode_tokens"] - done)
@@ -538,28 +545,34 @@ def _child_paired_decode(spec: dict) -> dict:
             s, toks, logits[name] = _greedy(engines[name], logits[name], n)
             seconds[name] += s
             tokens[name] += toks
+        bandwidth.append(_read_gb_per_s(probe, spec["threads"], 3))
         order.reverse()
         done += n
-    return {name: {"decode_tps": done / seconds[name], "tokens": tokens[name]} for name in engines}
+    out = {name: {"decode_tps": done / seconds[name], "tokens": tokens[name]} for name in engines}
+    out["bandwidth_gb_per_s"] = statistics.median(bandwidth)
+    return out
+
+
+def _read_gb_per_s(data: np.ndarray, threads: int, passes: int) -> float:
+    """Streaming-read rate over `data`: float64 max-reductions of `threads` slices in a thread pool (numpy
+    releases the GIL), the best of `passes` (on a shared machine the others are the neighbours' noise)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = np.array_split(data, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        best = math.inf
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            list(pool.map(np.max, parts))
+            best = min(best, time.perf_counter() - t0)
+    return data.nbytes / best / 1e9
 
 
 def _child_bandwidth(spec: dict) -> dict:
     """Streaming-read bandwidth: float64 max-reduction, best of 10 passes, on 1 and `threads` threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
     n_bytes = int(spec["bandwidth_gib"] * 2**30) // 64 * 64
     data = np.ones(n_bytes // 8, np.float64)  # written once: every page is resident before timing
-    out = {}
-    for t in sorted({1, spec["threads"]}):
-        parts = np.array_split(data, t)
-        with ThreadPoolExecutor(t) as pool:
-            best = math.inf
-            for _ in range(10):  # the best pass: on a shared machine the others are the neighbours' noise
-                t0 = time.perf_counter()
-                list(pool.map(np.max, parts))
-                best = min(best, time.perf_counter() - t0)
-        out[str(t)] = n_bytes / best / 1e9
-    return {"gb_per_s": out}
+    return {"gb_per_s": {str(t): _read_gb_per_s(data, t, 10) for t in sorted({1, spec["threads"]})}}
 
 
 def _pixels(spec: dict) -> np.ndarray:
@@ -879,6 +892,12 @@ def run_bench(
             entry = _run_text(path, {**spec, "model": str(path)}, engines, runs, child, log)
             _text_ratios(entry, result.get("bandwidth"), threads)
             result["text"][file_type] = entry
+            cosine = entry.get("agreement", {}).get("prompt_logits_cosine", 1.0)
+            if cosine < AGREEMENT_BAR:  # timing a kernel that computes something else means nothing
+                result["errors"].append(
+                    f"{path.name}: ours and llama.cpp disagree after the prompt (logits cosine {cosine:.4f} "
+                    f"< {AGREEMENT_BAR}): the speed figures for this file are not comparable"
+                )
     if "vision" in only:
         spec = dict(image=VISION_SHAPES[shape].image, runs=runs, vision_flash_attn=vision_flash_attn)
         files = vision_files(cache, shape, seed, vision_precision, log)
@@ -924,6 +943,7 @@ def _run_text(path: Path, spec: dict, engines: Sequence[str], runs: int, child, 
         dp = entry["decode_pairs"] = {
             "turn_tokens": spec["turn_tokens"],
             "ratio": summary([r["ours"]["decode_tps"] / r["llama.cpp"]["decode_tps"] for r in pairs]),
+            "bandwidth_gb_per_s": summary([r["bandwidth_gb_per_s"] for r in pairs]),
         }
         shares = [r["others_cpu_share"] for r in pairs if "others_cpu_share" in r]
         if shares:
@@ -1100,8 +1120,10 @@ def format_table(result: dict) -> str:
             lines.append(
                 f"  decode: both engines in one process, taking turns of {dp['turn_tokens']} tokens; "
                 f"ratio per run {_mmm(dp['ratio'])} (the ratio column: its median)"
-                + (f", others' CPU share {_pct(dp['others_cpu_share'])}" if "others_cpu_share" in dp else "")
             )
+            others = f", others' CPU share {_pct(dp['others_cpu_share'])}" if "others_cpu_share" in dp else ""
+            weather = _mmm(dp["bandwidth_gb_per_s"])
+            lines.append(f"  memory bandwidth between turns (median per run) {weather} GB/s{others}")
         if "agreement" in e:
             g = e["agreement"]
             line = f"  engines agree: logits after the prompt cosine {g['prompt_logits_cosine']:.4f}"

@@ -75,6 +75,7 @@ def test_tiny_bench_writes_every_field(tmp_path):
     per_run = [o / t for o, t in zip(*rates, strict=True)]
     assert pairs["ratio"]["runs"] == pytest.approx(per_run)
     assert e["ratio"]["decode_tps"] == pairs["ratio"]["median"]
+    check_summary(pairs["bandwidth_gb_per_s"], runs, "memory bandwidth between decode turns")
     assert "taking turns of 16 tokens" in proc.stdout
     assert positive(e["floor"]["tps"])
     assert positive(e["floor"]["fraction_ours"]) and positive(e["floor"]["fraction_llama.cpp"])
