@@ -361,9 +361,11 @@ def train(args) -> None:
     except ImportError as e:
         _fail(RuntimeError(f"training needs the convert extra: pip install 'llava-edge[convert]' ({e})"))
     try:
-        train_main(list(args))
+        code = train_main(list(args))
     except LlavaEdgeError as e:
         _fail(e)
+    if code:  # train_main has said why (1: an error; 130: interrupted, with its checkpoint saved)
+        raise SystemExit(code)
 
 
 @main.command("make-demo-data")

@@ -36,6 +36,10 @@ class ContextLengthError(LlavaEdgeError):
     """A prompt does not fit in the model's context."""
 
 
+class Interrupted(LlavaEdgeError):
+    """A long job (training) stopped on SIGINT or SIGTERM after saving what it needs to resume."""
+
+
 class Cancelled(Exception):
     """A forward pass stopped because its `should_stop` said so (Ctrl-C); the caches are as they were
     before it. Not an error: the generation loop turns it into finish_reason "cancelled"."""

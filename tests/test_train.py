@@ -7,8 +7,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from llava_edge.convert.data import (  # noqa: E402
     Sample,
     load_samples,
 )
-from llava_edge.convert.train import DataPlan, answer_questions, lr_at, main  # noqa: E402
+from llava_edge.convert.train import DataPlan, _checkpoint_dirs, answer_questions, lr_at, main  # noqa: E402
 from llava_edge.convert.train_model import runtime_tokenizer  # noqa: E402
 from llava_edge.demo_data import make_demo_data  # noqa: E402
 from llava_edge.errors import ConvertError  # noqa: E402
@@ -260,6 +262,19 @@ def test_bad_training_json_is_refused_with_its_place(tmp_path, entry, problem):
 # -- schedule and data order ---------------------------------------------------------------------------
 
 
+def test_cli_train_exits_with_the_trainers_status(root, tiny_config):
+    """`llava-edge train` passes on the trainer's refusal as exit status 1 (not 0 after an error line)."""
+    from click.testing import CliRunner
+
+    from llava_edge.cli import main as cli_main
+
+    missing = root / "no-such-data.json"
+    args = ["train", "--config", str(tiny_config), "--data", str(missing), "--out", str(root / "refused")]
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.stderr and "no-such-data.json" in result.stderr
+
+
 def test_learning_rate_warms_up_then_follows_a_cosine():
     lrs = [lr_at(s, 1.0, 100, 10, 0.1) for s in range(100)]
     assert lrs[:3] == [0.1, 0.2, 0.3] and lrs[9] == 1.0
@@ -367,6 +382,47 @@ def test_resumed_run_equals_uninterrupted_run(root, data, tiny_config, one_threa
     assert [e["step"] for e in parts] == [1, 2, 3, 4, 5, 6]
     assert [e["loss"] for e in parts] == [e["loss"] for e in whole]
     assert_same_weights(root / "parts", root / "whole", 1e-6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_step_under_way_and_resumes_exactly(root, data, tiny_config, one_thread):
+    """Ctrl-C (SIGINT to the whole process group, DataLoader worker included) in the middle of a run: it
+    stops after the step under way with status 130 and a checkpoint of that step, and --resume finishes
+    with the losses and weights of a run that was never interrupted."""
+    common = ["--config", tiny_config, "--data", data / "train.json", "--steps", 300, "--micro-batch", 1]
+    common += ["--lr", 1e-3, "--export-type", "none", "--threads", 1]
+    common = [str(x) for x in common]
+    out = root / "interrupted"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "llava_edge.convert.train", *common, "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while not ((out / "log.jsonl").is_file() and len(steps_logged(out)) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    k = len(steps_logged(out))
+    assert 3 <= k < 300
+    assert f"interrupted after step {k} of 300" in err and "--resume" in err
+    assert [p.name for p in _checkpoint_dirs(out)][-1] == f"step-{k:08d}"
+    assert not (out / "model").exists()
+
+    run(*common, "--out", root / "never-interrupted")
+    run(*common, "--out", out, "--resume")
+    whole, parts = steps_logged(root / "never-interrupted"), steps_logged(out)
+    assert [e["step"] for e in parts] == list(range(1, 301))
+    assert [e["loss"] for e in parts] == [e["loss"] for e in whole]
+    assert_same_weights(out, root / "never-interrupted", 1e-6)
 
 
 def test_pretraining_changes_only_the_projector(root, data, tiny_config, one_thread):

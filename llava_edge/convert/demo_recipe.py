@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..demo_data import BACKGROUNDS, COLORS, POSITIONS, SHAPES, make_demo_data, score_answers
-from ..errors import LlavaEdgeError
+from ..errors import Interrupted, LlavaEdgeError
 
 VISION = dict(
     image_size=96,
@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
     except LlavaEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

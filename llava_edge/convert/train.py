@@ -28,14 +28,16 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConvertError, LlavaEdgeError
+from ..errors import ConvertError, Interrupted, LlavaEdgeError
 from ..quant_rules import FILE_TYPES
 from .data import (
     IGNORE,
@@ -224,6 +226,43 @@ def _all_reduce(values: list[float], d: Dist) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=d.device)
     td.all_reduce(t)
     return t.tolist()
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop after the step under way, save a
+    checkpoint and exit, instead of losing everything since the last periodic one; a second signal stops at
+    once. Installed only in the main thread (the only one Python delivers signals to)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, say):
+        self.asked = False
+        self._say = say
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.asked:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.asked = True
+        self._say(f"{signal.Signals(signum).name}: stopping after this step (once more to stop now)")
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _quiet_worker(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process: a terminal's Ctrl-C reaches the whole
+    process group, and a worker that quit would fail the next batch before the checkpoint is saved."""
+    for sig in StopRequest.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _barrier(d: Dist) -> None:
@@ -653,51 +692,63 @@ def train(args: argparse.Namespace) -> Path:
         collate_fn=functools.partial(collate, pad_id=pad_id),
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG out of data loading
         pin_memory=d.device.startswith("cuda"),
+        worker_init_fn=_quiet_worker,
     )
     batches_iter = iter(loader)
     restore_rng(rng)
     module.train()
-    for step in range(start, stop):
-        t0 = time.perf_counter()
-        batches = [next(batches_iter) for _ in range(plan.accum)]
-        local_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        (n_labels,) = _all_reduce([float(local_labels)], d)
-        lr = lr_at(step, args.lr, total, warmup, args.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for a, b in enumerate(batches):
-            b = {k: (v.to(d.device, non_blocking=True) if v is not None else None) for k, v in b.items()}
-            with _sync_context(module, args, a == plan.accum - 1):
-                with autocast():
-                    loss = module(**b)
-                # every labelled token of the global batch weighs the same; DDP/FSDP average over processes
-                (loss * (d.world / max(n_labels, 1.0))).backward()
-            loss_sum += float(loss.detach())
-        grad_norm = None
-        if args.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        loss_all, tokens_all = _all_reduce([loss_sum, float(tokens)], d)
-        dt = max(time.perf_counter() - t0, 1e-9)
-        entry = {
-            "step": step + 1,
-            "loss": loss_all / max(n_labels, 1.0),
-            "lr": lr,
-            "samples_per_s": plan.global_batch / dt,
-            "tokens_per_s": tokens_all / dt,
-        }
-        if grad_norm is not None:
-            entry["grad_norm"] = grad_norm
-        progress.step(entry)
-        done = step + 1
-        if args.eval_every and done % args.eval_every == 0 and done < total:
-            evaluate(done)
-        if (args.save_every and done % args.save_every == 0) or done == stop:
-            save_checkpoint(out, done, module, optimizer, state, d, args.keep_checkpoints)
+    with StopRequest(progress.say) as stop_request:
+        for step in range(start, stop):
+            t0 = time.perf_counter()
+            batches = [next(batches_iter) for _ in range(plan.accum)]
+            local_labels = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+            (n_labels,) = _all_reduce([float(local_labels)], d)
+            lr = lr_at(step, args.lr, total, warmup, args.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for a, b in enumerate(batches):
+                b = {k: (v.to(d.device, non_blocking=True) if v is not None else None) for k, v in b.items()}
+                with _sync_context(module, args, a == plan.accum - 1):
+                    with autocast():
+                        loss = module(**b)
+                    # every labelled token of the global batch weighs the same; DDP/FSDP average over
+                    # processes
+                    (loss * (d.world / max(n_labels, 1.0))).backward()
+                loss_sum += float(loss.detach())
+            grad_norm = None
+            if args.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                # FSDP: a DTensor
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+            loss_all, tokens_all = _all_reduce([loss_sum, float(tokens)], d)
+            dt = max(time.perf_counter() - t0, 1e-9)
+            entry = {
+                "step": step + 1,
+                "loss": loss_all / max(n_labels, 1.0),
+                "lr": lr,
+                "samples_per_s": plan.global_batch / dt,
+                "tokens_per_s": tokens_all / dt,
+            }
+            if grad_norm is not None:
+                entry["grad_norm"] = grad_norm
+            progress.step(entry)
+            done = step + 1
+            # every process stops at the same step, whichever of them got the signal
+            interrupted = _all_reduce([float(stop_request.asked)], d)[0] > 0
+            if args.eval_every and done % args.eval_every == 0 and done < total and not interrupted:
+                evaluate(done)
+            if (args.save_every and done % args.save_every == 0) or done == stop or interrupted:
+                save_checkpoint(out, done, module, optimizer, state, d, args.keep_checkpoints)
+            if interrupted:
+                progress.close()
+                raise Interrupted(
+                    f"{out}: interrupted after step {done} of {total}; the checkpoint is saved, "
+                    "rerun the same command with --resume to continue"
+                )
     if stop < total:
         progress.say(f"stopped after step {stop} of {total}; continue with --resume")
         progress.close()
@@ -856,6 +907,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     try:
         train(args)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130  # the shell's code for a run stopped by Ctrl-C
     except LlavaEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
