@@ -1215,7 +1215,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="With both engines, decode is timed with both in one process taking turns of this many tokens, "
-        "so both meet the same machine; 0 times each in its own process instead (default: 16).",
+        "so both meet the same machine (it needs both engines' memory at once: ~12.5 GB at 7B Q4_0); "
+        "0 times each in its own process instead (default: 16).",
     )
     p.add_argument(
         "--prompt-tokens", type=int, default=16, help="Untimed prompt before decoding (default: 16)."
