@@ -724,7 +724,9 @@ def train(args: argparse.Namespace) -> Path:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-            loss_all, tokens_all = _all_reduce([loss_sum, float(tokens)], d)
+            # the stop flag rides on the step's own reduction: every process stops at the same step,
+            # whichever of them got the signal
+            loss_all, tokens_all, asked = _all_reduce([loss_sum, float(tokens), float(stop_request.asked)], d)
             dt = max(time.perf_counter() - t0, 1e-9)
             entry = {
                 "step": step + 1,
@@ -737,8 +739,7 @@ def train(args: argparse.Namespace) -> Path:
                 entry["grad_norm"] = grad_norm
             progress.step(entry)
             done = step + 1
-            # every process stops at the same step, whichever of them got the signal
-            interrupted = _all_reduce([float(stop_request.asked)], d)[0] > 0
+            interrupted = asked > 0
             if args.eval_every and done % args.eval_every == 0 and done < total and not interrupted:
                 evaluate(done)
             if (args.save_every and done % args.save_every == 0) or done == stop or interrupted:
