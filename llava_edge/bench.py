@@ -892,12 +892,9 @@ def run_bench(
             entry = _run_text(path, {**spec, "model": str(path)}, engines, runs, child, log)
             _text_ratios(entry, result.get("bandwidth"), threads)
             result["text"][file_type] = entry
-            cosine = entry.get("agreement", {}).get("prompt_logits_cosine", 1.0)
-            if cosine < AGREEMENT_BAR:  # timing a kernel that computes something else means nothing
-                result["errors"].append(
-                    f"{path.name}: ours and llama.cpp disagree after the prompt (logits cosine {cosine:.4f} "
-                    f"< {AGREEMENT_BAR}): the speed figures for this file are not comparable"
-                )
+            disagreement = agreement_error(path.name, entry)
+            if disagreement:
+                result["errors"].append(disagreement)
     if "vision" in only:
         spec = dict(image=VISION_SHAPES[shape].image, runs=runs, vision_flash_attn=vision_flash_attn)
         files = vision_files(cache, shape, seed, vision_precision, log)
@@ -963,6 +960,18 @@ def _run_text(path: Path, spec: dict, engines: Sequence[str], runs: int, child, 
             entry["agreement"]["greedy_common_prefix"] = _common_prefix(*first)
             entry["agreement"]["of"] = spec["decode_tokens"]
     return entry
+
+
+def agreement_error(name: str, entry: dict) -> str | None:
+    """Why a file's speed figures mean nothing, if the engines computed different things: timing a kernel
+    that computes something else is not a comparison."""
+    cosine = entry.get("agreement", {}).get("prompt_logits_cosine")
+    if cosine is None or cosine >= AGREEMENT_BAR:
+        return None
+    return (
+        f"{name}: ours and llama.cpp disagree after the prompt (logits cosine {cosine:.4f} < "
+        f"{AGREEMENT_BAR}): the speed figures for this file are not comparable"
+    )
 
 
 def _text_ratios(entry: dict, bandwidth: dict | None, threads: int) -> None:

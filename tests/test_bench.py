@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llava_edge.bench import WEIGHT_STD, random_quant_blocks
+from llava_edge.bench import WEIGHT_STD, agreement_error, random_quant_blocks
 from llava_edge.ggml_types import GGMLType
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
@@ -114,3 +114,11 @@ def test_decode_turn_zero_times_each_engine_in_its_own_child(tmp_path):
         e["ours"]["decode_tps"]["median"] / e["llama.cpp"]["decode_tps"]["median"]
     )
     assert 0 <= e["agreement"]["greedy_common_prefix"] <= e["agreement"]["of"] == 32
+
+
+def test_engines_that_disagree_make_an_error():
+    """The 7B files agree at cosine 0.993-0.995; a broken kernel (seen: -0.03) must not become a table."""
+    assert agreement_error("f.gguf", {"agreement": {"prompt_logits_cosine": 0.9936}}) is None
+    assert agreement_error("f.gguf", {}) is None  # one engine only: nothing to compare
+    err = agreement_error("f.gguf", {"agreement": {"prompt_logits_cosine": -0.0278}})
+    assert err is not None and "f.gguf" in err and "-0.0278" in err and "not comparable" in err
