@@ -100,12 +100,14 @@ def steps_logged(out: Path) -> list[dict]:
 
 
 def assert_same_weights(a: Path, b: Path, rel: float) -> None:
-    """Each tensor within rel of its largest value; tensors that stay near zero (CLIP's key bias, whose
-    gradient is zero in exact arithmetic and float noise in practice) are measured against 0.01."""
+    """Each tensor within rel of its largest value, measured against at least 0.01. CLIP's key bias is
+    measured against 0.1: its gradient is zero in exact arithmetic (a constant added to every key of a
+    query cancels in the softmax), so what moves it is float noise, which differs with the order of sums."""
     wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:
-        scale = max(float(wb[k].abs().max()), 1e-2)
+        floor = 0.1 if k.startswith("vision_tower.") and k.endswith("k_proj.bias") else 1e-2
+        scale = max(float(wb[k].abs().max()), floor)
         assert float((wa[k] - wb[k]).abs().max()) <= rel * scale, k
 
 
@@ -319,8 +321,8 @@ def mixed_data(data) -> Path:
         ("ddp", []),  # full finetune
         (
             "fsdp",
-            ["--lora", "--lora-r", "4", "--lora-dropout", "0", "--train-vision"],
-        ),  # mixed frozen/trained
+            ["--lora", "--lora-r", "4", "--lora-dropout", "0", "--train-vision", "--length-groups", "2"],
+        ),  # mixed frozen/trained; 2 forwards per micro-batch, the same number on every process
     ],
 )
 def test_two_processes_equal_one_with_the_same_global_batch(
@@ -357,6 +359,27 @@ def test_two_processes_equal_one_with_the_same_global_batch(
     assert changed == {"multi_modal_projector", "language_model", "vision_tower"} - (
         set() if options else {"vision_tower"}
     )
+
+
+@pytest.mark.slow
+def test_length_groups_give_the_same_run(root, mixed_data, tiny_config, one_thread):
+    """--length-groups 3: each micro-batch of 5 runs as 3 forwards of length-sorted samples padded only to
+    their own longest (some of them text-only); the losses and weights are those of one forward each."""
+    samples = load_samples(mixed_data)
+    plan = DataPlan(len(samples), seed=0, micro=5, accum=1, world=1)
+    lengths = [sum(len(q) + len(a) for q, a in samples[i].turns) for i in plan.indices(0, 0, 0)]
+    assert len(set(lengths)) > 1, "one length in the first batch: the sorting would not be tested"
+    common = ["--config", tiny_config, "--data", mixed_data, "--steps", 4, "--micro-batch", 5]
+    common += ["--lr", 3e-3, "--export-type", "none"]
+    run(*common, "--out", root / "groups-1")
+    run(*common, "--out", root / "groups-3", "--length-groups", 3)
+    one, three = steps_logged(root / "groups-1"), steps_logged(root / "groups-3")
+    assert [e["step"] for e in three] == [1, 2, 3, 4]
+    for a, b in zip(three, one, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(b["loss"])
+    # other matrix shapes, other rounding, which Adam's 1/sqrt(v) amplifies where gradients are tiny:
+    # 2e-5 of the largest weight seen; a lost or misaligned sample moves the losses above by percents
+    assert_same_weights(root / "groups-3", root / "groups-1", 1e-4)
 
 
 @pytest.mark.slow

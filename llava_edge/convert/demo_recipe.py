@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tower-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=12_000, help="projector + decoder optimizer steps")
     p.add_argument("--batch", type=int, default=32, help="samples per optimizer step")
+    p.add_argument(
+        "--length-groups",
+        type=int,
+        default=4,
+        help="forwards per step, samples grouped by length (the same gradient, ~1.5x faster on a CPU)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=5e-5)
     p.add_argument("--export-type", default="q8_0")
@@ -269,6 +275,7 @@ def run(args: argparse.Namespace) -> dict:
                     *("--steps", str(args.steps), "--micro-batch", str(args.batch), "--lr", str(args.lr)),
                     *("--min-lr", str(args.min_lr), "--warmup-steps", str(max(1, args.steps // 30))),
                     *("--dtype", "bf16", "--workers", str(args.workers), "--seed", str(args.seed)),
+                    *("--length-groups", str(args.length_groups)),
                     *("--eval-every", str(args.eval_every), "--save-every", str(save_every)),
                     *("--export-type", args.export_type, "--max-length", "512", "--log-every", "50"),
                     *resume,
