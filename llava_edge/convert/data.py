@@ -283,4 +283,3 @@ def collate_parts(batch: list[dict], pad_id: int, parts: int) -> list[dict]:
     parts = max(1, min(parts, len(batch)))
     cuts = [round(k * len(batch) / parts) for k in range(parts + 1)]
     return [collate([batch[i] for i in order[a:b]], pad_id) for a, b in zip(cuts, cuts[1:], strict=False)]
-
