@@ -259,6 +259,12 @@ def chat(
             from .demo import demo_bundle
 
             model_path = demo_bundle()
+            if not quiet:
+                click.echo(
+                    "(no -m given: the built-in demo model, which knows only synthetic scenes of coloured "
+                    "shapes like examples/; for photos pass a LLaVA bundle with -m)",
+                    err=True,
+                )
         model = load(model_path, mmproj=mmproj, threads=threads)
         n_ctx = min(n_ctx, model.decoder.args.context_length)
         session = model.chat(n_ctx=n_ctx, kv_type=kv_type, template=template, rolling=rolling)

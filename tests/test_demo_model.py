@@ -4,6 +4,8 @@ about scenes it has never seen (issue 6: >= 95% exact answers on 500 freshly dra
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -59,10 +61,31 @@ def _cli() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "llava_edge.cli"]
 
 
+def test_the_readme_quickstart_command_prints_the_right_answer():
+    """Quickstart (1) exactly as the README writes it (default sampling, not greedy), run from the repository
+    root; its answer is the one the README promises, whatever the sampling seed."""
+    readme = (EXAMPLES_DIR.parent / "README.md").read_text()
+    quickstart = readme[readme.index("## Quickstart") :]
+    line = next(ln for ln in quickstart.splitlines() if ln.startswith("pip install . && llava-edge chat"))
+    argv = shlex.split(line.split("&&", 1)[1])
+    assert argv[:2] == ["llava-edge", "chat"]
+    promised = re.search(r"Command \(1\) answers `([^`]+)`", quickstart).group(1)
+    for seed in (1, 2, 3):
+        out = subprocess.run(
+            [*_cli(), *argv[1:], "--seed", str(seed)],
+            cwd=EXAMPLES_DIR.parent,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().rstrip(".").lower() == promised, (seed, out.stdout, out.stderr)
+
+
 @pytest.mark.parametrize(
     "image, question, answer",
     [
-        ("shapes.png", "What color is the star?", "blue"),  # the README's Quickstart command
+        ("shapes.png", "What color is the star?", "blue"),
         ("shapes.png", "How many shapes are there?", "3"),
         ("hearts.png", "How many hearts are there?", "2"),
         ("four.png", "What shape is in the bottom left?", "circle"),
