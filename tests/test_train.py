@@ -28,6 +28,7 @@ from llava_edge.convert.data import (  # noqa: E402
     PLAIN,
     ConversationEncoder,
     Sample,
+    collate_parts,
     load_samples,
 )
 from llava_edge.convert.train import DataPlan, _checkpoint_dirs, answer_questions, lr_at, main  # noqa: E402
@@ -359,6 +360,21 @@ def test_two_processes_equal_one_with_the_same_global_batch(
     assert changed == {"multi_modal_projector", "language_model", "vision_tower"} - (
         set() if options else {"vision_tower"}
     )
+
+
+def test_length_groups_pad_each_group_to_its_own_longest():
+    lengths = [7, 3, 12, 5, 9]
+    batch = [
+        {"input_ids": np.arange(1, n + 1), "labels": np.arange(1, n + 1), "pixel_values": np.zeros((0, 3))}
+        for n in lengths
+    ]
+    parts = collate_parts(batch, pad_id=0, parts=3)
+    assert [p["attention_mask"].sum(1).tolist() for p in parts] == [[3, 5], [7], [9, 12]]
+    assert [p["input_ids"].shape[1] for p in parts] == [5, 7, 12]
+    # right padding: the longest of each group ends with its own last token, the shorter ones with padding
+    assert [p["input_ids"][-1, -1].item() for p in parts] == [5, 7, 12]
+    assert parts[0]["input_ids"][0].tolist() == [1, 2, 3, 0, 0]
+    assert [len(p) for p in collate_parts(batch, 0, 9)] == [4] * 5  # never more groups than samples
 
 
 @pytest.mark.slow

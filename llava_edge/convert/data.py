@@ -19,6 +19,7 @@ caption) and EOS; the question is ignored.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -282,4 +283,4 @@ def collate_parts(batch: list[dict], pad_id: int, parts: int) -> list[dict]:
     order = sorted(range(len(batch)), key=lambda i: len(batch[i]["input_ids"]))
     parts = max(1, min(parts, len(batch)))
     cuts = [round(k * len(batch) / parts) for k in range(parts + 1)]
-    return [collate([batch[i] for i in order[a:b]], pad_id) for a, b in zip(cuts, cuts[1:], strict=False)]
+    return [collate([batch[i] for i in order[a:b]], pad_id) for a, b in itertools.pairwise(cuts)]
