@@ -188,8 +188,9 @@ LE_TARGET_AVX512 void micro_q8x4(const uint8_t* LE_RESTRICT w, int64_t w_stride,
     __m512 acc[R][T];
     for (int r = 0; r < R; ++r)
         for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    const uint8_t* pf = w + prefetch_ahead(R * w_stride);
     for (int64_t g = 0; g < n_groups; ++g) {
-        prefetch_step<R * W::kGroupBytes>(w + R * w_stride, g);  // the next R rows, at this pass's pace
+        prefetch_step<R * W::kGroupBytes>(pf, g);  // later rows, at this pass's pace
         step_q8x4<W, R, T, false>(acc, w + g * W::kGroupBytes, w_stride, act + g * kQ8x4GroupBytes, act_stride, 0);
     }
     if (tail_blocks > 0)
@@ -246,6 +247,7 @@ void fill_gemm_avx512(GemmKernels* table) {
     q4 = {"avx512", &act_bytes_q8x4, &pack_act_q8x4<3>, &gemm_q8x4<Q4_0Weights>};
     GemmKernels& q8 = table[int(GGMLType::Q8_0)];
     q8 = {"avx512", &act_bytes_q8x4, &pack_act_q8x4<7>, &gemm_q8x4<Q8_0Weights>};
+    fill_gemm_avx512_q4_0(table);
     fill_gemm_avx512_k(table);
     fill_gemm_avx512_float(table);
 }
