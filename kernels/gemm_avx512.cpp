@@ -1,13 +1,13 @@
-// AVX-512 (F/BW/VL/VNNI) matmul kernels. Activations are quantized once per matmul into a packed layout
+// AVX-512 (F/BW/VL/VNNI) matmul kernel for Q8_0 weights (Q4_0: gemm_avx512_q4_0.cpp). Activations are quantized once per matmul into a packed layout
 // that matches how the weight blocks unpack into registers, so the inner loop is loads, vpdpbusd and one
 // float scale-and-accumulate per 128 values; weight blocks are decoded once per micro-tile and reused for
 // every token of it.
 //
-// Packed Q8 activations ("q8x4", for Q4_0 and Q8_0 weights), per group of 4 blocks (128 values), 256 bytes:
+// Packed Q8 activations ("q8x4"), per group of 4 blocks (128 values), 256 bytes:
 //   [0, 64)    int8  lo: a_k[0:16] for k = 0..3 (value j of block k at byte 16k + j)
 //   [64, 128)  int8  hi: a_k[16:32]
 //   [128, 192) int32 bias[16]: lane j = -C * (sum of the 8 codes that meet lane j in the two vpdpbusd),
-//              C = 8 for Q4_0 (nibble - 8), 128 for Q8_0 (code + 128): the unsigned operand's offset
+//              C = 128 (code + 128): the unsigned operand's offset
 //   [192, 256) f32   d[16]: lane j = the scale of block j / 4 (rounded through fp16, as Q8_0 stores it)
 // Codes and scales are those of quantize_row_q8_0_ref, bit for bit. A partial last group is zero-padded.
 // Lane j of an int32 product then holds sum over 8 values of block j / 4 of w * a, exactly.
@@ -28,8 +28,7 @@ constexpr int64_t kQ8x4GroupBytes = 256;
 
 int64_t act_bytes_q8x4(int64_t n_in) { return (n_in / QK8_0 + 3) / 4 * kQ8x4GroupBytes; }
 
-// x [n_in] -> packed q8x4 groups; C is the unsigned weight operand's offset (see the file comment).
-template <int LOG2_C>
+// x [n_in] -> packed q8x4 groups.
 LE_TARGET_AVX512 void pack_act_q8x4(const float* LE_RESTRICT x, uint8_t* LE_RESTRICT act, int64_t n_in) {
     const int64_t nb = n_in / QK8_0;
     const __m512i ones = _mm512_set1_epi8(1);
@@ -50,7 +49,7 @@ LE_TARGET_AVX512 void pack_act_q8x4(const float* LE_RESTRICT x, uint8_t* LE_REST
         const __m512i sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, vlo), ones, vhi);
         _mm512_storeu_si512(out, vlo);
         _mm512_storeu_si512(out + 64, vhi);
-        _mm512_storeu_si512(out + 128, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, LOG2_C)));
+        _mm512_storeu_si512(out + 128, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 7)));
         _mm512_storeu_ps(reinterpret_cast<float*>(out + 192), _mm512_load_ps(d));
     }
 }
@@ -60,52 +59,6 @@ LE_TARGET_AVX512 void pack_act_q8x4(const float* LE_RESTRICT x, uint8_t* LE_REST
 struct WGroup {
     __m512i lo, hi;  // unsigned operands of vpdpbusd
     __m512 d;        // lane j: scale of block j / 4
-};
-
-struct Q4_0Weights {
-    static constexpr int64_t kGroupBytes = 4 * 18;
-
-    // The fp16 scales of the first nt blocks (at bytes 0, 18, 36, 54), each spread over its block's 4 lanes;
-    // missing blocks get 0. Gathered in a general register and converted as 4 floats, not with a 512-bit
-    // word permute and a 16-lane conversion: the vector ports are this kernel's bottleneck (in-cache
-    // matvec +11% on Zen 4), the integer ones are idle.
-    LE_TARGET_AVX512 static __m512 scales(const uint8_t* LE_RESTRICT b, int nt) {
-        uint64_t packed = 0;
-        for (int k = 0; k < nt; ++k) {
-            uint16_t h;
-            std::memcpy(&h, b + 18 * k, sizeof h);
-            packed |= uint64_t(h) << (16 * k);
-        }
-        const __m128 d4 = _mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(packed)));
-        const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        return _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d4));
-    }
-
-    LE_TARGET_AVX512 static void nibbles(__m512i q, WGroup& g) {
-        const __m512i m4 = _mm512_set1_epi8(0x0F);
-        g.lo = _mm512_and_si512(q, m4);
-        g.hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-    }
-
-    // qs of block k are words 9k+1 .. 9k+8 of the group: one two-source word permute of the group's first
-    // 64 bytes and the 64 bytes at +8 (never past the group's 72) gathers all of them.
-    LE_TARGET_AVX512 static void load(const uint8_t* LE_RESTRICT b, WGroup& g) {
-        const __m512i r0 = _mm512_loadu_si512(b), r1 = _mm512_loadu_si512(b + 8);
-        const __m512i idx = _mm512_set_epi16(63, 62, 61, 60, 59, 58, 57, 56, 26, 25, 24, 23, 22, 21, 20, 19, 17, 16, 15,
-                                             14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
-        nibbles(_mm512_permutex2var_epi16(r0, idx, r1), g);
-        g.d = scales(b, 4);
-    }
-
-    // The last nt (1..3) blocks of a row: never reads past them; missing blocks give zero codes and scales.
-    LE_TARGET_AVX512 static void load_tail(const uint8_t* LE_RESTRICT b, int nt, WGroup& g) {
-        __m512i q = _mm512_setzero_si512();
-        q = _mm512_inserti32x4(q, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)), 0);
-        if (nt > 1) q = _mm512_inserti32x4(q, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 20)), 1);
-        if (nt > 2) q = _mm512_inserti32x4(q, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 38)), 2);
-        nibbles(q, g);
-        g.d = scales(b, nt);
-    }
 };
 
 struct Q8_0Weights {
@@ -243,10 +196,8 @@ LE_TARGET_AVX512 void gemm_q8x4(const uint8_t* LE_RESTRICT w, int64_t w_stride, 
 }  // namespace
 
 void fill_gemm_avx512(GemmKernels* table) {
-    GemmKernels& q4 = table[int(GGMLType::Q4_0)];
-    q4 = {"avx512", &act_bytes_q8x4, &pack_act_q8x4<3>, &gemm_q8x4<Q4_0Weights>};
     GemmKernels& q8 = table[int(GGMLType::Q8_0)];
-    q8 = {"avx512", &act_bytes_q8x4, &pack_act_q8x4<7>, &gemm_q8x4<Q8_0Weights>};
+    q8 = {"avx512", &act_bytes_q8x4, &pack_act_q8x4, &gemm_q8x4<Q8_0Weights>};
     fill_gemm_avx512_q4_0(table);
     fill_gemm_avx512_k(table);
     fill_gemm_avx512_float(table);
