@@ -55,13 +55,16 @@ inline void prefetch_step(const void* base, int64_t step) {
     for (int i = 0; i < kLines; ++i) __builtin_prefetch(p + 64 * i, 0, 2);
 }
 
-// How far ahead of a tile of tile_bytes its prefetches run: whole tiles, at least one, about 16 KB. One
-// Zen 4 core streaming a 4096-wide Q4_0 or Q4_K matrix (9 KB tiles of 4 rows) reads 10-15% faster from
-// 18 KB ahead than from the next tile; 37 KB is no better, and 32 KB tiles (14336 wide) gain nothing
-// from two.
+// How far ahead of a tile of tile_bytes its prefetches run. Decode (T = 1 token) streams every weight once:
+// whole tiles, at least one, about 16 KB ahead. One Zen 4 core streaming a 4096-wide Q4_0 or Q4_K matrix
+// (9 KB tiles of 4 rows) reads 10-15% faster from 18 KB ahead than from the next tile; 37 KB is no better,
+// and 32 KB tiles (14336 wide) gain nothing from two. Prefill (T > 1) re-reads an L2-sized block of rows
+// for every group of tokens (ops.cpp); there a longer reach only fetches rows past the block, so it keeps
+// the next tile (7B Q4_K_M prefill: no difference within this machine's noise either way).
+template <int T>
 inline int64_t prefetch_ahead(int64_t tile_bytes) {
     constexpr int64_t kAheadBytes = 16384;
-    const int64_t tiles = (kAheadBytes + tile_bytes - 1) / tile_bytes;
+    const int64_t tiles = T == 1 ? (kAheadBytes + tile_bytes - 1) / tile_bytes : 1;
     return tile_bytes * (tiles > 1 ? tiles : 1);
 }
 

@@ -141,7 +141,7 @@ LE_TARGET_AVX512 void micro_q8x4(const uint8_t* LE_RESTRICT w, int64_t w_stride,
     __m512 acc[R][T];
     for (int r = 0; r < R; ++r)
         for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    const uint8_t* pf = w + prefetch_ahead(R * w_stride);
+    const uint8_t* pf = w + prefetch_ahead<T>(R * w_stride);
     for (int64_t g = 0; g < n_groups; ++g) {
         prefetch_step<R * W::kGroupBytes>(pf, g);  // later rows, at this pass's pace
         step_q8x4<W, R, T, false>(acc, w + g * W::kGroupBytes, w_stride, act + g * kQ8x4GroupBytes, act_stride, 0);

@@ -46,7 +46,7 @@ LE_TARGET_AVX512 void micro_f(const uint8_t* LE_RESTRICT w, int64_t w_stride, co
     __m512 acc[R][T];
     for (int r = 0; r < R; ++r)
         for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    const uint8_t* pf = w + prefetch_ahead(R * w_stride);
+    const uint8_t* pf = w + prefetch_ahead<T>(R * w_stride);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         prefetch_step<R * 16 * int64_t(sizeof(WT))>(pf, i / 16);  // later rows (gemm.h)

@@ -213,7 +213,7 @@ LE_TARGET_AVX512 void micro_k(const uint8_t* LE_RESTRICT w, int64_t w_stride, co
         accm[t] = _mm512_setzero_ps();
         for (int r = 0; r < R; ++r) acc[r][t] = _mm512_setzero_ps();
     }
-    const uint8_t* pf = w + prefetch_ahead(R * w_stride);
+    const uint8_t* pf = w + prefetch_ahead<T>(R * w_stride);
     for (int64_t i = 0; i < nsb; ++i) {
         prefetch_step<R * W::kBlockBytes>(pf, i);  // later rows, at this pass's pace
         const uint8_t* a = act + i * kQ8KBytes;

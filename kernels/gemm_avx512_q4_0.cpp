@@ -154,7 +154,7 @@ LE_TARGET_AVX512 void micro(const uint8_t* LE_RESTRICT w, int64_t w_stride, cons
     __m256 acc[R][T];
     for (int r = 0; r < R; ++r)
         for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    const uint8_t* pf = w + prefetch_ahead(R * w_stride);
+    const uint8_t* pf = w + prefetch_ahead<T>(R * w_stride);
     for (int64_t i = 0; i < n_steps; ++i) {
         prefetch_step<R * kStepBytes>(pf, i);
         step<R, T, false>(acc, w + i * kStepBytes, w_stride, act + i * kActBytes, act_stride, 0);
