@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=5e-5)
-    p.add_argument("--export-type", default="q8_0")
+    p.add_argument("--export-type", default="q6_k")
     p.add_argument(
         "--eval-every", type=int, default=1000, help="torch accuracy on 100 questions every N steps"
     )
