@@ -1,10 +1,13 @@
 // AVX-512 matmul kernels for the K-quants (Q4_K, Q5_K, Q6_K weights x Q8_K activations).
 //
-// Per 64 values of a super-block: vpmaddubsw (unsigned codes x int8 activations -> int16 pairs, never
-// saturating: 63 * 127 * 2 < 32767) then vpdpwssd against the sub-block scales as int16 words, so the
-// whole scaled integer sum of a super-block lands in one int32 register; one float fma per super-block
-// and token applies d * d_act. Q4_K/Q5_K's "min" term (dmin * m_j * sum of activations of sub-block j)
-// has its own float scale: it is formed once per row for four tokens at a time (one 128-bit lane each).
+// Per 64 values of a super-block ("register k", k = 0..3): vpdpbusd of the unsigned codes with the int8
+// activations leaves 16 dwords of 4 products each; these fit int16 (|sum| <= 4 * 63 * 128 = 32256), so
+// vpackssdw folds two registers into one of words without saturating, and one vpdpwssd against the
+// sub-block scales as int16 words adds both into the row's int32 sum: per 256 values, 4 vpdpbusd + 2
+// vpackssdw + 2 vpdpwssd (vpmaddubsw + vpdpwssd per register would be 8 multiplies and 4 scale shuffles;
+// one Zen 4 core: 28 -> 34 GB/s on an in-cache Q4_K matrix). One float fma per super-block and token then
+// applies d * d_act. Q4_K/Q5_K's "min" term (dmin * m_j * sum of activations of sub-block j) has its own
+// float scale: it is formed once per row for four tokens at a time (one 128-bit lane each).
 //
 // Packed Q8_K activations, per super-block (kQ8KBytes = 320 bytes), codes and scale bit-exact with
 // quantize_row_q8_K_ref:
@@ -54,13 +57,13 @@ LE_TARGET_AVX512 void pack_act_q8k(const float* LE_RESTRICT x, uint8_t* LE_RESTR
 // What is shared by the (up to 4) rows of a micro-tile is decoded once for all of them: the 6-bit scales
 // and mins of Q4_K/Q5_K (one 128-bit lane per row) and the fp16 super-block scales.
 
-// Q4_K / Q5_K scales and mins of 4 rows (12 bytes each, lane r of raw) -> per lane bytes [sc0..7, m0..7]
-// (get_scale_min_k4 for all 8 sub-blocks at once).
+// Q4_K / Q5_K scales and mins of 4 rows (bytes [4, 16) of lane r: the 12 scale bytes of row r) -> per lane
+// bytes [sc0..7, m0..7] (get_scale_min_k4 for all 8 sub-blocks at once).
 LE_TARGET_AVX512 inline __m512i unpack_scales_k4(__m512i x) {
     const __m512i a = _mm512_shuffle_epi8(
-        x, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)));
+        x, _mm512_broadcast_i32x4(_mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15)));
     const __m512i b = _mm512_shuffle_epi8(
-        x, _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
+        x, _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11)));
     const __m512i a_lo = _mm512_and_si512(
         a, _mm512_broadcast_i32x4(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0)));
     const __m512i a_hi = _mm512_and_si512(
@@ -69,7 +72,7 @@ LE_TARGET_AVX512 inline __m512i unpack_scales_k4(__m512i x) {
     return _mm512_ternarylogic_epi32(a_lo, a_hi, b_hi, 0xFE);  // a_lo | a_hi | b_hi
 }
 
-// Bytes [off, off + 16) of each of n (1..4) rows into lane r; missing rows zero.
+// Bytes [0, 16) at b + r * stride of each of n (1..4) rows into lane r; missing rows zero.
 LE_TARGET_AVX512 inline __m512i load_lanes(const uint8_t* LE_RESTRICT b, int64_t stride, int n) {
     __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
     v = _mm512_inserti32x4(v, n > 1 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + stride)) : _mm_setzero_si128(), 1);
@@ -78,34 +81,34 @@ LE_TARGET_AVX512 inline __m512i load_lanes(const uint8_t* LE_RESTRICT b, int64_t
     return v;
 }
 
-// fp16 pairs (d, dmin) at b + r * stride for n rows -> f32 [d0, dmin0, d1, dmin1, ...] (zeros past n).
-LE_TARGET_AVX512 inline __m512 load_d_dmin(const uint8_t* LE_RESTRICT b, int64_t stride, int n, bool has_min) {
-    alignas(16) uint32_t h[4] = {0, 0, 0, 0};
-    for (int r = 0; r < n; ++r) {
-        if (has_min) {
-            std::memcpy(&h[r], b + r * stride, 4);
-        } else {
-            uint16_t d16;
-            std::memcpy(&d16, b + r * stride, 2);
-            h[r] = d16;
-        }
-    }
-    return _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h))));
+// fp16 words w0 (scale) and w1 (min scale, or 0 if w1 < 0) of every lane -> f32 [d0, dmin0, d1, dmin1, ...].
+template <int w0, int w1>
+LE_TARGET_AVX512 inline __m512 fp16_pairs(__m512i raw) {
+    const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         short(24 + (w1 < 0 ? 0 : w1)), short(24 + w0), short(16 + (w1 < 0 ? 0 : w1)), short(16 + w0),
+                                         short(8 + (w1 < 0 ? 0 : w1)), short(8 + w0), short(w1 < 0 ? 0 : w1), short(w0));
+    const __m512i h = _mm512_maskz_permutexvar_epi16(w1 < 0 ? 0x55 : 0xFF, idx, raw);
+    return _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm512_castsi512_si128(h)));
 }
 
-// Word w of vpmaddubsw's output covers values 2w, 2w+1 of its 64; a 32-value sub-block is 16 words. Scale
-// register k pairs sub-blocks (0,2) (1,3) (4,6) (5,7) (the register layout above): words [0, 16) from the
-// first, [16, 32) from the second. sc_row: the row's [sc0..7, m0..7] in every 128-bit lane.
-LE_TARGET_AVX512 inline __m512i scale_words_k4(__m512i sc_row, int k) {
-    const int lo = k < 2 ? k : k + 2, hi = lo + 2;
-    const __m512i ctrl = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(short(0xff00 | lo))),
-                                            _mm256_set1_epi16(short(0xff00 | hi)), 1);
-    return _mm512_shuffle_epi8(sc_row, ctrl);
+// Scale-word indices for register pair j (registers 2j, 2j + 1): vpackssdw interleaves their dwords per
+// 128-bit lane, 4 of each, so word w of the pair comes from dword 4 * (w / 8) + w % 4 of register
+// 2j + (w % 8 >= 4).
+// Q4_K/Q5_K: register k holds sub-blocks (0,2) (1,3) (4,6) (5,7) in its two 256-bit halves.
+LE_TARGET_AVX512 inline __m512i k4_scale_idx(int j) {
+    const short a = short(4 * j), b = short(4 * j + 1), c = short(4 * j + 2), d = short(4 * j + 3);
+    return _mm512_set_epi16(d, d, d, d, c, c, c, c, d, d, d, d, c, c, c, c, b, b, b, b, a, a, a, a, b, b, b, b, a, a, a, a);
+}
+// Q6_K: register k holds 16-value groups 4k .. 4k + 3, 4 dwords each.
+LE_TARGET_AVX512 inline __m512i k6_scale_idx(int j) {
+    const short o = short(8 * j);
+    return _mm512_set_epi16(o + 7, o + 7, o + 7, o + 7, o + 3, o + 3, o + 3, o + 3, o + 6, o + 6, o + 6, o + 6, o + 2, o + 2, o + 2, o + 2,
+                            o + 5, o + 5, o + 5, o + 5, o + 1, o + 1, o + 1, o + 1, o + 4, o + 4, o + 4, o + 4, o + 0, o + 0, o + 0, o + 0);
 }
 
 struct KQuad {        // shared by the rows of a micro-tile
-    __m512i scales;   // Q4_K/Q5_K: lane r = row r's [sc0..7, m0..7]
     __m512i mins;     // Q4_K/Q5_K: lane r = row r's 8 mins as int16
+    __m512i sc16;     // Q4_K/Q5_K: lane r = row r's 8 scales as int16
     __m512 dd;        // [d0, dmin0, d1, dmin1, ...]
 };
 
@@ -113,22 +116,29 @@ struct KRow {
     __m512i z0, z1;   // qs bytes [0, 64) and [64, 128) (Q6_K: ql)
     __m512i h;        // Q5_K: qh broadcast; Q6_K: qh of half 0 broadcast, shifted (see Q6_KWeights)
     __m512i h1;       // Q6_K: the same for half 1
-    __m512i sc;       // Q4_K/Q5_K: row's scale bytes in every lane; Q6_K: 16 int16 scales (low half)
+    __m512i s0, s1;   // scale words of register pairs (0, 1) and (2, 3)
     __m512i bias;     // Q6_K: -32 * scales as int16 (low half), for the +32 offset of the codes
 };
+
+// Q4_K / Q5_K: row r's scale words for register pairs (0, 1) and (2, 3).
+LE_TARGET_AVX512 inline void scale_words_k4(const KQuad& Q, int r, KRow& R) {
+    const __m512i row = _mm512_set1_epi16(short(8 * r));
+    R.s0 = _mm512_permutexvar_epi16(_mm512_add_epi16(k4_scale_idx(0), row), Q.sc16);
+    R.s1 = _mm512_permutexvar_epi16(_mm512_add_epi16(k4_scale_idx(1), row), Q.sc16);
+}
 
 struct Q4_KWeights {
     static constexpr int64_t kBlockBytes = 144;
     static constexpr bool kHasMin = true;
     LE_TARGET_AVX512 static void quad(const uint8_t* LE_RESTRICT b, int64_t stride, int n, KQuad& Q) {
-        // 16-byte loads at +4 read 4 bytes of qs past the 12 scale bytes: inside the block
-        Q.scales = unpack_scales_k4(load_lanes(b + 4, stride, n));
-        const __m512i to_words = _mm512_broadcast_i32x4(_mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1));
-        Q.mins = _mm512_shuffle_epi8(Q.scales, to_words);
-        Q.dd = load_d_dmin(b, stride, n, true);
+        const __m512i raw = load_lanes(b, stride, n);  // lane r: row r's d, dmin, 12 scale bytes
+        const __m512i scales = unpack_scales_k4(raw);  // lane r: row r's [sc0..7, m0..7]
+        Q.mins = _mm512_shuffle_epi8(scales, _mm512_broadcast_i32x4(_mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1)));
+        Q.sc16 = _mm512_shuffle_epi8(scales, _mm512_broadcast_i32x4(_mm_setr_epi8(0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7, -1)));
+        Q.dd = fp16_pairs<0, 1>(raw);
     }
     LE_TARGET_AVX512 static void row(const uint8_t* LE_RESTRICT b, const KQuad& Q, int r, KRow& R) {
-        R.sc = _mm512_permutexvar_epi64(_mm512_add_epi64(_mm512_set_epi64(1, 0, 1, 0, 1, 0, 1, 0), _mm512_set1_epi64(2 * r)), Q.scales);
+        scale_words_k4(Q, r, R);
         R.z0 = _mm512_loadu_si512(b + 16);
         R.z1 = _mm512_loadu_si512(b + 80);
     }
@@ -137,7 +147,6 @@ struct Q4_KWeights {
         const __m512i m4 = _mm512_set1_epi8(0x0F);
         return (k & 1) ? _mm512_and_si512(_mm512_srli_epi16(z, 4), m4) : _mm512_and_si512(z, m4);
     }
-    LE_TARGET_AVX512 static __m512i sc(const KRow& R, int k) { return scale_words_k4(R.sc, k); }
 };
 
 struct Q5_KWeights {
@@ -147,7 +156,7 @@ struct Q5_KWeights {
         Q4_KWeights::quad(b, stride, n, Q);  // d, dmin and scales at the same offsets
     }
     LE_TARGET_AVX512 static void row(const uint8_t* LE_RESTRICT b, const KQuad& Q, int r, KRow& R) {
-        R.sc = _mm512_permutexvar_epi64(_mm512_add_epi64(_mm512_set_epi64(1, 0, 1, 0, 1, 0, 1, 0), _mm512_set1_epi64(2 * r)), Q.scales);
+        scale_words_k4(Q, r, R);
         R.z0 = _mm512_loadu_si512(b + 48);
         R.z1 = _mm512_loadu_si512(b + 112);
         R.h = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)));
@@ -161,14 +170,13 @@ struct Q5_KWeights {
         const __m512i lo = Q4_KWeights::q(R, k);
         return _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(R.h, sel), lo, _mm512_set1_epi8(16));
     }
-    LE_TARGET_AVX512 static __m512i sc(const KRow& R, int k) { return scale_words_k4(R.sc, k); }
 };
 
 struct Q6_KWeights {
     static constexpr int64_t kBlockBytes = 210;
     static constexpr bool kHasMin = false;
     LE_TARGET_AVX512 static void quad(const uint8_t* LE_RESTRICT b, int64_t stride, int n, KQuad& Q) {
-        Q.dd = load_d_dmin(b + 208, stride, n, false);
+        Q.dd = fp16_pairs<7, -1>(load_lanes(b + 194, stride, n));  // d: bytes [208, 210)
     }
     // Register k holds values [64k, 64k + 64): ql nibbles of half k/2 (low for even k) and 2 high bits from
     // qh of that half: bits (0,1) / (2,3) for the two 32-value runs of an even k, (4,5) / (6,7) of an odd k.
@@ -180,7 +188,8 @@ struct Q6_KWeights {
         R.h = _mm512_srlv_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128))), shifts);
         R.h1 = _mm512_srlv_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 160))), shifts);
         const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)));
-        R.sc = _mm512_zextsi256_si512(s16);
+        R.s0 = _mm512_permutexvar_epi16(k6_scale_idx(0), _mm512_zextsi256_si512(s16));
+        R.s1 = _mm512_permutexvar_epi16(k6_scale_idx(1), _mm512_zextsi256_si512(s16));
         R.bias = _mm512_zextsi256_si512(_mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(s16, 5)));
     }
     LE_TARGET_AVX512 static __m512i q(const KRow& R, int k) {
@@ -190,13 +199,6 @@ struct Q6_KWeights {
         const __m512i m4 = _mm512_set1_epi8(0x0F);
         const __m512i lo = (k & 1) ? _mm512_and_si512(_mm512_srli_epi16(z, 4), m4) : _mm512_and_si512(z, m4);
         return _mm512_ternarylogic_epi32(lo, hb, _mm512_set1_epi8(0x30), 0xF8);  // lo | (hb & 0x30)
-    }
-    // 16-value groups: 8 words each; register k covers scales 4k .. 4k+3.
-    LE_TARGET_AVX512 static __m512i sc(const KRow& R, int k) {
-        const __m512i idx = _mm512_add_epi16(
-            _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-            _mm512_set1_epi16(short(4 * k)));
-        return _mm512_permutexvar_epi16(idx, R.sc);
     }
 };
 
@@ -244,12 +246,14 @@ LE_TARGET_AVX512 void micro_k(const uint8_t* LE_RESTRICT w, int64_t w_stride, co
                     isum[t] = _mm512_dpwssd_epi32(_mm512_setzero_si512(), Rw.bias, bs);
                 }
             }
-            for (int k = 0; k < 4; ++k) {
-                const __m512i qk = W::q(Rw, k), sk = W::sc(Rw, k);
-                for (int t = 0; t < T; ++t) {
-                    const __m512i av = _mm512_load_si512(a + t * act_stride + 64 * k);
-                    isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(qk, av), sk);
-                }
+            __m512i q[4];
+            for (int k = 0; k < 4; ++k) q[k] = W::q(Rw, k);
+            for (int t = 0; t < T; ++t) {
+                __m512i x[4];
+                for (int k = 0; k < 4; ++k)
+                    x[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[k], _mm512_load_si512(a + t * act_stride + 64 * k));
+                isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_packs_epi32(x[0], x[1]), Rw.s0);
+                isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_packs_epi32(x[2], x[3]), Rw.s1);
             }
             for (int t = 0; t < T; ++t) {
                 const __m512 s = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r), dd[t]);

@@ -5,7 +5,8 @@
 // What is checked, for each ISA this CPU runs (REF is the yardstick):
 //   quantizers bit-exact, dequantizers bit-exact, vec_dot within float-summation error;
 //   matmul kernels (activation packing + micro-kernels) on odd sizes: error within the float summation bound,
-//   decode == prefill bit for bit, all-zero rows give zeros, guard cells around the output untouched;
+//   decode == prefill bit for bit, all-zero rows give zeros, guard cells around the output untouched; and
+//   the largest codes and scales, where narrow integer lanes would saturate;
 //   row kernels (RMSNorm, RoPE, SiLU*mul, GELUs, softmax, add, dot, axpy) on odd lengths with guards;
 //   attention over F32 / F16 / Q8_0 caches for several group sizes, head sizes, windows and empty slots.
 #include <cmath>
@@ -115,9 +116,51 @@ Packed pack(const GemmKernels& k, const std::vector<float>& x, int64_t n_tok, in
     return p;
 }
 
+// One matmul of n_rows quantized rows wq (dequantized: wd) by n_tok rows of x through R (the yardstick) and
+// S: S within the float summation bound of R, guard cells untouched, all-zero rows/tokens (zero_rows, and
+// token 1 when zero_token) giving exact zeros, and decode == prefill bit for bit.
+void compare_gemm(const GemmKernels& R, const GemmKernels& S, const std::vector<uint8_t>& wq, const std::vector<float>& wd,
+                  int64_t n_rows, const std::vector<float>& x, int64_t n_tok, int64_t n_in, int64_t zero_rows,
+                  bool zero_token, const std::string& what) {
+    const float kGuard = -12345.5f;
+    const int64_t rb = int64_t(wq.size() - 64) / n_rows;
+    const int64_t ldy = n_rows + 3;
+    std::vector<float> yr(static_cast<size_t>(n_tok * ldy), kGuard), ys(static_cast<size_t>(n_tok * ldy), kGuard);
+    Packed pr = pack(R, x, n_tok, n_in), ps = pack(S, x, n_tok, n_in);
+    R.gemm(wq.data(), rb, n_rows, pr.data, pr.stride, n_tok, yr.data(), ldy, n_in);
+    S.gemm(wq.data(), rb, n_rows, ps.data, ps.stride, n_tok, ys.data(), ldy, n_in);
+    bool ok = true, guards = true, zeros = true;
+    for (int64_t tk = 0; tk < n_tok; ++tk) {
+        for (int64_t r = 0; r < ldy; ++r) {
+            const float got = ys[size_t(tk * ldy + r)];
+            if (r >= n_rows) {
+                guards &= got == kGuard;
+                continue;
+            }
+            double mag = 0.0;
+            for (int64_t i = 0; i < n_in; ++i) mag += std::fabs(double(wd[size_t(r * n_in + i)]) * x[size_t(tk * n_in + i)]);
+            ok &= std::fabs(double(got) - yr[size_t(tk * ldy + r)]) <= 1e-4 * mag + 1e-30;
+            if (r < zero_rows || (zero_token && tk == 1)) zeros &= got == 0.0f;
+        }
+    }
+    if (S.pack_act != nullptr) {  // past the last packed row: untouched
+        for (int64_t i = (n_tok - 1) * ps.stride + ps.bytes; i < n_tok * ps.stride + 64; ++i) guards &= ps.data[i] == 0xA5;
+    }
+    check(ok, what + ": result");
+    check(guards, what + ": guard cells");
+    check(zeros, what + ": zero row / zero token");
+    // decode == prefill: each token alone gives the same bits
+    bool same = true;
+    for (int64_t tk = 0; tk < n_tok; ++tk) {
+        float y1[16];
+        S.gemm(wq.data(), rb, n_rows, ps.data + tk * ps.stride, ps.stride, 1, y1, 16, n_in);
+        same &= same_bits(y1, ys.data() + tk * ldy, size_t(n_rows) * 4);
+    }
+    check(same, what + ": decode == prefill bits");
+}
+
 void test_gemm(ISA isa) {
     const char* in = isa_name(isa);
-    const float kGuard = -12345.5f;
     for (GGMLType t : kWeightTypes) {
         const GemmKernels R = gemm_kernels_for_isa(t, ISA::REF), S = gemm_kernels_for_isa(t, isa);
         const TypeKernels Q = kernels_for_isa(t, ISA::REF);
@@ -134,42 +177,38 @@ void test_gemm(ISA isa) {
                 for (int64_t r = 0; r < n_rows; ++r) Q.quantize_row(w.data() + r * n_in, wq.data() + r * rb, n_in);
                 std::vector<float> wd(static_cast<size_t>(n_rows * n_in));
                 for (int64_t r = 0; r < n_rows; ++r) Q.dequantize_row(wq.data() + r * rb, wd.data() + r * n_in, n_in);
-
-                const int64_t ldy = n_rows + 3;
-                std::vector<float> yr(static_cast<size_t>(n_tok * ldy), kGuard), ys(static_cast<size_t>(n_tok * ldy), kGuard);
-                Packed pr = pack(R, x, n_tok, n_in), ps = pack(S, x, n_tok, n_in);
-                R.gemm(wq.data(), rb, n_rows, pr.data, pr.stride, n_tok, yr.data(), ldy, n_in);
-                S.gemm(wq.data(), rb, n_rows, ps.data, ps.stride, n_tok, ys.data(), ldy, n_in);
-                bool ok = true, guards = true, zeros = true;
-                for (int64_t tk = 0; tk < n_tok; ++tk) {
-                    for (int64_t r = 0; r < ldy; ++r) {
-                        const float got = ys[size_t(tk * ldy + r)];
-                        if (r >= n_rows) {
-                            guards &= got == kGuard;
-                            continue;
-                        }
-                        double mag = 0.0;
-                        for (int64_t i = 0; i < n_in; ++i) mag += std::fabs(double(wd[size_t(r * n_in + i)]) * x[size_t(tk * n_in + i)]);
-                        ok &= std::fabs(double(got) - yr[size_t(tk * ldy + r)]) <= 1e-4 * mag + 1e-30;
-                        if (r == 0 || (n_tok > 2 && tk == 1)) zeros &= got == 0.0f;
-                    }
-                }
-                if (S.pack_act != nullptr) {  // past the last packed row: untouched
-                    for (int64_t i = (n_tok - 1) * ps.stride + ps.bytes; i < n_tok * ps.stride + 64; ++i) guards &= ps.data[i] == 0xA5;
-                }
-                check(ok, what + ": result");
-                check(guards, what + ": guard cells");
-                check(zeros, what + ": zero row / zero token");
-                // decode == prefill: each token alone gives the same bits
-                bool same = true;
-                for (int64_t tk = 0; tk < n_tok; ++tk) {
-                    float y1[16];
-                    S.gemm(wq.data(), rb, n_rows, ps.data + tk * ps.stride, ps.stride, 1, y1, 16, n_in);
-                    same &= same_bits(y1, ys.data() + tk * ldy, size_t(n_rows) * 4);
-                }
-                check(same, what + ": decode == prefill bits");
+                compare_gemm(R, S, wq, wd, n_rows, x, n_tok, n_in, 1, n_tok > 2, what);
             }
         }
+    }
+}
+
+// Largest codes and scales against the largest activation codes: every weight byte set to one pattern (all
+// bits, or 0x80 for Q8_0's -128), the fp16 scales to 1. The integer sums the SIMD kernels form in narrow
+// lanes (int16 pairs, or int32 dwords folded to int16 for the K-quants) must not saturate. x = +-1
+// quantizes to codes of magnitude 127 (Q8_0) or -128 (Q8_K).
+void test_gemm_extremes(ISA isa) {
+    const char* in = isa_name(isa);
+    struct Case { GGMLType t; uint8_t fill; std::vector<int> fp16_at; };  // fp16 scale offsets in a block
+    const Case cases[] = {{GGMLType::Q4_0, 0xFF, {0}}, {GGMLType::Q8_0, 0x80, {0}}, {GGMLType::Q8_0, 0x7F, {0}},
+                          {GGMLType::Q4_K, 0xFF, {0, 2}}, {GGMLType::Q5_K, 0xFF, {0, 2}}, {GGMLType::Q6_K, 0xFF, {208}},
+                          {GGMLType::Q6_K, 0x7F, {208}}};
+    const uint16_t kOne = 0x3C00;
+    for (const Case& c : cases) {
+        const GemmKernels R = gemm_kernels_for_isa(c.t, ISA::REF), S = gemm_kernels_for_isa(c.t, isa);
+        const TypeKernels Q = kernels_for_isa(c.t, ISA::REF);
+        const int64_t n_in = 1024, n_rows = 5, n_tok = 2, rb = row_size(c.t, n_in), bb = type_size(c.t);
+        std::vector<uint8_t> wq(static_cast<size_t>(n_rows * rb) + 64, c.fill);
+        for (int64_t b = 0; b < n_rows * rb / bb; ++b)
+            for (int off : c.fp16_at) std::memcpy(wq.data() + b * bb + off, &kOne, 2);
+        std::vector<float> wd(static_cast<size_t>(n_rows * n_in));
+        for (int64_t r = 0; r < n_rows; ++r) Q.dequantize_row(wq.data() + r * rb, wd.data() + r * n_in, n_in);
+        std::vector<float> x(static_cast<size_t>(n_tok * n_in), -1.0f);
+        std::fill(x.begin() + n_in, x.end(), 1.0f);
+        char fill[8];
+        std::snprintf(fill, sizeof(fill), "0x%02X", c.fill);
+        compare_gemm(R, S, wq, wd, n_rows, x, n_tok, n_in, 0, false,
+                     std::string(in) + " gemm extremes " + type_name(c.t) + " bytes " + fill);
     }
 }
 
@@ -296,6 +335,7 @@ int main() {
         std::printf("; row kernels %s\n", ops_kernels_for_isa(isa).name);
         test_quants(isa);
         test_gemm(isa);
+        test_gemm_extremes(isa);
         test_ops(isa);
         test_attention(isa);
         std::printf("%s: %s\n", isa_name(isa), g_failures == before ? "ok" : "MISMATCH");
