@@ -34,7 +34,9 @@ What it measures (DESIGN.md section 8), each engine in its own child process so 
   slices (numpy releases the GIL in reductions). Decode floor = bytes streamed per token / bandwidth at
   `--threads`, where bytes per token = the file's tensor bytes minus `token_embd` (its rows are gathered,
   not streamed; the KV cache read, 128 KiB per token of context at 7B, under 1% here, is ignored).
-  "of floor" is floor time / measured time.
+  "of floor" is floor time / measured time. Each paired decode run is also set against its own floor, from
+  the bandwidth read between its turns: under contention both engines sit near it, and no kernel can
+  lead by more than the distance to it.
 - vision tower: a llama.cpp LLaVA mmproj of the CLIP-L/14-336 shape (F16 weights, 23 stored layers, as
   llama.cpp's converter writes it) and one random 336x336 image; one child per engine, which warms up
   (mtmd: its own warm-up at load; ours: one untimed encode) and then times `--runs` encodes.
@@ -937,10 +939,16 @@ def _run_text(path: Path, spec: dict, engines: Sequence[str], runs: int, child, 
     if pairs:
         for engine in ENGINES:
             entry.setdefault(engine, {})["decode_tps"] = summary([r[engine]["decode_tps"] for r in pairs])
+        per_token = entry["streamed_bytes_per_token"]
         dp = entry["decode_pairs"] = {
             "turn_tokens": spec["turn_tokens"],
             "ratio": summary([r["ours"]["decode_tps"] / r["llama.cpp"]["decode_tps"] for r in pairs]),
             "bandwidth_gb_per_s": summary([r["bandwidth_gb_per_s"] for r in pairs]),
+            # each run against its own floor: bytes per token / the bandwidth read between its turns
+            "of_floor": {
+                e: summary([r[e]["decode_tps"] * per_token / (r["bandwidth_gb_per_s"] * 1e9) for r in pairs])
+                for e in ENGINES
+            },
         }
         shares = [r["others_cpu_share"] for r in pairs if "others_cpu_share" in r]
         if shares:
@@ -1118,12 +1126,12 @@ def format_table(result: dict) -> str:
             if key in ours or key in llama:
                 r = f"{ratio[key]:.2f}" if key in ratio else "-"
                 lines.append(row.format(label, _mmm(ours.get(key)), _mmm(llama.get(key)), r))
-        if "others_cpu_share" in ours or "others_cpu_share" in llama:
-            shares = (_pct(ours.get("others_cpu_share")), _pct(llama.get("others_cpu_share")))
-            lines.append(row.format("others' CPU share", *shares, ""))
             if key == "decode_tps" and "floor" in e:
                 pct = [e["floor"].get(f"fraction_{n}") for n in ENGINES]
                 lines.append(row.format("  of floor", *(f"{f:.0%}" if f else "-" for f in pct), ""))
+        if "others_cpu_share" in ours or "others_cpu_share" in llama:
+            shares = (_pct(ours.get("others_cpu_share")), _pct(llama.get("others_cpu_share")))
+            lines.append(row.format("others' CPU share", *shares, ""))
         if "decode_pairs" in e:
             dp = e["decode_pairs"]
             lines.append(
@@ -1133,6 +1141,9 @@ def format_table(result: dict) -> str:
             others = f", others' CPU share {_pct(dp['others_cpu_share'])}" if "others_cpu_share" in dp else ""
             weather = _mmm(dp["bandwidth_gb_per_s"])
             lines.append(f"  memory bandwidth between turns (median per run) {weather} GB/s{others}")
+            if "of_floor" in dp:
+                fr = ", ".join(f"{n} {_pct(dp['of_floor'][n])}" for n in ENGINES)
+                lines.append(f"  decode per run as a fraction of the floor at that run's bandwidth: {fr}")
         if "agreement" in e:
             g = e["agreement"]
             line = f"  engines agree: logits after the prompt cosine {g['prompt_logits_cosine']:.4f}"

@@ -79,6 +79,12 @@ def test_tiny_bench_writes_every_field(tmp_path):
     assert "taking turns of 16 tokens" in proc.stdout
     assert positive(e["floor"]["tps"])
     assert positive(e["floor"]["fraction_ours"]) and positive(e["floor"]["fraction_llama.cpp"])
+    assert "  of floor" in proc.stdout
+    for engine, rate in zip(("ours", "llama.cpp"), rates, strict=True):  # each run against its own floor
+        floor_tps = [b * 1e9 / e["streamed_bytes_per_token"] for b in pairs["bandwidth_gb_per_s"]["runs"]]
+        expected = [t / f for t, f in zip(rate, floor_tps, strict=True)]
+        assert pairs["of_floor"][engine]["runs"] == pytest.approx(expected)
+    assert "as a fraction of the floor at that run's bandwidth" in proc.stdout
     agree = e["agreement"]
     assert agree["prompt_logits_cosine"] > 0.99  # same file, same maths (top-1 may flip on a near-tie)
     assert 0 <= agree["greedy_common_prefix"] <= agree["of"] == 128
