@@ -81,13 +81,14 @@ LE_TARGET_AVX512 inline __m512i load_lanes(const uint8_t* LE_RESTRICT b, int64_t
     return v;
 }
 
-// fp16 words w0 (scale) and w1 (min scale, or 0 if w1 < 0) of every lane -> f32 [d0, dmin0, d1, dmin1, ...].
+// fp16 words w0 (scale) and w1 (min scale; none if w1 < 0, giving 0) of every lane -> f32 [d0, dmin0, d1,
+// dmin1, ...] for the 4 lanes (rows).
 template <int w0, int w1>
 LE_TARGET_AVX512 inline __m512 fp16_pairs(__m512i raw) {
+    constexpr short m = w1 < 0 ? 0 : w1;
     const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                         short(24 + (w1 < 0 ? 0 : w1)), short(24 + w0), short(16 + (w1 < 0 ? 0 : w1)), short(16 + w0),
-                                         short(8 + (w1 < 0 ? 0 : w1)), short(8 + w0), short(w1 < 0 ? 0 : w1), short(w0));
-    const __m512i h = _mm512_maskz_permutexvar_epi16(w1 < 0 ? 0x55 : 0xFF, idx, raw);
+                                         24 + m, 24 + w0, 16 + m, 16 + w0, 8 + m, 8 + w0, m, w0);
+    const __m512i h = _mm512_maskz_permutexvar_epi16(w1 < 0 ? 0x55 : 0xFF, idx, raw);  // 0x55: odd words zero
     return _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm512_castsi512_si128(h)));
 }
 
