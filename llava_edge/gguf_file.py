@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import GGUFError
 from .ggml_types import BLOCK_LAYOUT, GGMLType
+from .hugepages import prefer_huge_pages
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)  # v2 and v3 share one layout; v3 only added big-endian files, which we refuse
@@ -454,7 +455,11 @@ class GGUFFile:
         self.tensors = tensors
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> GGUFFile:
+    def open(
+        cls, path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS, huge_pages: bool = False
+    ) -> GGUFFile:
+        """huge_pages: fault the whole file in now, in 2 MiB pages where Linux can (hugepages.py): for model
+        weights that decode streams every token; costs one read of the file when its cache is refreshed."""
         path = Path(path)
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):  # before open(): opening a FIFO would block
@@ -466,6 +471,8 @@ class GGUFFile:
                 if st.st_size == 0:
                     raise GGUFError(path, "magic", "the file is empty")
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # read-only, shared
+                if huge_pages:
+                    buf = prefer_huge_pages(buf, f.fileno(), st.st_size)
         except OSError as e:
             raise GGUFError(path, "file", f"cannot open: {e.strerror or e}") from None
         try:

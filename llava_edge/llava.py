@@ -65,7 +65,7 @@ class LlavaModel:
         """A bundle directory (or its model.gguf); llama.cpp pairs go through `load_pair`."""
         path = Path(path)
         gguf_path = path / MODEL_FILE if path.is_dir() else path
-        f = GGUFFile.open(gguf_path)
+        f = GGUFFile.open(gguf_path, huge_pages=True)
         meta = LlavaMeta.from_gguf_metadata(f.metadata, gguf_path)
         decoder = Mistral(f)
         onnx_path = gguf_path.parent / meta.vision_onnx
@@ -103,7 +103,7 @@ class LlavaModel:
         tower is rebuilt as ONNX from the mmproj's weights on first use and cached by the file's hash."""
         from .mmproj_onnx import cached_clip_onnx, read_clip_params
 
-        f = GGUFFile.open(model_path)
+        f = GGUFFile.open(model_path, huge_pages=True)
         decoder = Mistral(f)
         mm = GGUFFile.open(mmproj_path)
         p = read_clip_params(mm)
