@@ -352,6 +352,10 @@ def _read_tensor_info(
     # zeros are skipped so that (0, 2^62, 2^62) is refused too: its row count would not fit an int64
     if prod(ne for ne in shape if ne) > INT64_MAX:
         raise cur.error(f"{field} shape", f"shape {list(shape)} has more than 2^63-1 elements")
+    # An empty tensor passes the size checks below (0 bytes), but numpy still multiplies its other
+    # dimensions by the element size when it shapes a view: keep that under 2^63 for 8-byte elements.
+    if 0 in shape and prod(ne for ne in shape if ne) > INT64_MAX // 8:
+        raise cur.error(f"{field} shape", f"empty shape {list(shape)}: its other dimensions are too large")
 
     code = cur.u32(f"{field} type")
     try:

@@ -181,6 +181,7 @@ BAD: list[tuple[str, bytes, str]] = [
     ("dim_minus_1_second", tens(f32("w", (8, M1)), data=DATA), "tensor 'w' shape"),
     ("ne_too_big", tens(f32("w", (4 * (2**31 - 1), 4 * (2**31 - 1), 4)), data=DATA), "tensor 'w' shape"),
     ("ne_overflow_beside_zero", tens(f32("w", (0, 2**62, 2**62))), "tensor 'w' shape"),
+    ("bytes_overflow_beside_zero", tens(f32("w", (0, 2**61, 3))), "tensor 'w' shape"),  # fuzzer's find
     ("ne0_not_block_multiple", tens(tinfo("w", (33,), GT.Q8_0, 0), data=bytes(64)), "tensor 'w' shape"),
     # types (TENSORS_BAD_TYPE)
     ("type_unknown", tens(tinfo("w", (8,), 42, 0), data=DATA), "tensor 'w' type"),
