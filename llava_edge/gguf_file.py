@@ -475,15 +475,16 @@ class GGUFFile:
                 if st.st_size == 0:
                     raise GGUFError(path, "magic", "the file is empty")
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # read-only, shared
-                if huge_pages:
-                    buf = prefer_huge_pages(buf, f.fileno(), st.st_size)
+                try:
+                    parsed = _parse(_Cursor(buf, path), limits)
+                    if huge_pages:  # only a file that parsed: a hostile one is never read in whole
+                        buf = prefer_huge_pages(buf, f.fileno(), st.st_size)
+                except BaseException:
+                    _unmap(buf)
+                    raise
         except OSError as e:
             raise GGUFError(path, "file", f"cannot open: {e.strerror or e}") from None
-        try:
-            return cls(path, buf, *_parse(_Cursor(buf, path), limits))
-        except BaseException:
-            _unmap(buf)
-            raise
+        return cls(path, buf, *parsed)
 
     def __enter__(self) -> GGUFFile:
         return self
