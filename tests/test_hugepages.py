@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llava_edge import gguf_file, hugepages
 from llava_edge.demo import demo_bundle
 from llava_edge.gguf_file import GGUFFile
 from llava_edge.hugepages import HUGE_PAGE, huge_mapped_bytes, prefer_huge_pages
@@ -23,7 +24,11 @@ def _thp_enabled() -> bool:
 
 
 def _fresh_file(path: Path, n: int) -> bytes:
-    data = np.random.default_rng(0).integers(0, 256, n, np.uint8).tobytes()
+    return _fresh_file_from(path, np.random.default_rng(0).integers(0, 256, n, np.uint8).tobytes())
+
+
+def _fresh_file_from(path: Path, data: bytes) -> bytes:
+    n = len(data)
     with open(path, "wb") as f:
         for i in range(0, n, 4096):  # small writes: the page cache holds it in small folios
             f.write(data[i : i + 4096])
@@ -64,9 +69,22 @@ def test_weights_end_up_in_huge_pages_cold_or_cached_small(tmp_path):
         buf.close()
 
 
-def test_gguf_open_with_huge_pages_serves_the_same_tensors():
-    path = demo_bundle() / "model.gguf"
-    with GGUFFile.open(path) as a, GGUFFile.open(path, huge_pages=True) as b:
+@pytest.mark.skipif(
+    sys.platform != "linux" or not _thp_enabled() or not hasattr(mmap, "MADV_HUGEPAGE"),
+    reason="needs Linux with transparent huge pages",
+)
+def test_gguf_open_serves_its_tensors_from_the_refreshed_map(tmp_path, monkeypatch):
+    # A fresh copy of a real GGUF, cached in small folios; no size limit, so open() refreshes it: the
+    # tensors must come from the new map (the first one is closed), byte for byte.
+    path = tmp_path / "model.gguf"
+    _fresh_file_from(path, (demo_bundle() / "model.gguf").read_bytes())
+    monkeypatch.setattr(
+        gguf_file,
+        "prefer_huge_pages",
+        lambda buf, fd, size: hugepages.prefer_huge_pages(buf, fd, size, min_bytes=0),
+    )
+    with GGUFFile.open(demo_bundle() / "model.gguf") as a, GGUFFile.open(path, huge_pages=True) as b:
+        assert huge_mapped_bytes(b._mm) >= 0.9 * (path.stat().st_size // HUGE_PAGE * HUGE_PAGE)
         assert list(a.tensors) == list(b.tensors)
         for name in a.tensors:
             assert np.array_equal(a.raw(name), b.raw(name))
