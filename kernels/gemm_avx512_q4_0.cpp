@@ -37,11 +37,20 @@ constexpr int64_t kActBytes = 384;                // packed activation bytes per
 
 int64_t act_bytes_q8x8(int64_t n_in) { return (n_in / QK8_0 + kStepBlocks - 1) / kStepBlocks * kActBytes; }
 
-// Where value v of a block sits in a step's 256 code bytes, for block k (see the file comment).
-inline int code_offset(int k, int v) {
-    const int reg = (v >> 4) + 2 * ((v >> 3) & 1);  // 0-7 -> 0, 8-15 -> 2, 16-23 -> 1, 24-31 -> 3
-    const int lane = k + 8 * ((v >> 2) & 1);
-    return 64 * reg + 4 * lane + (v & 3);
+// Dword indices that move a step's codes, stored block after block (block k's dword j holds values 4j..4j+3),
+// into the registers' order above: register lane L takes block k = L & 7, dword j0 + (L >> 3), where j0 is
+// 0, 4, 2, 6 for registers 0-3. Blocks 0-3 come from the first two source registers, 4-7 from the last two.
+template <int J0>
+LE_TARGET_AVX512 inline __m512i code_idx() {
+    return _mm512_setr_epi32(J0, 8 + J0, 16 + J0, 24 + J0, J0, 8 + J0, 16 + J0, 24 + J0, J0 + 1, 9 + J0, 17 + J0,
+                             25 + J0, J0 + 1, 9 + J0, 17 + J0, 25 + J0);
+}
+
+template <int J0>
+LE_TARGET_AVX512 inline __m512i code_register(const __m512i* src) {
+    const __m512i idx = code_idx<J0>();
+    return _mm512_mask_blend_epi32(0xF0F0, _mm512_permutex2var_epi32(src[0], idx, src[1]),
+                                   _mm512_permutex2var_epi32(src[2], idx, src[3]));
 }
 
 LE_TARGET_AVX512 void pack_act_q8x8(const float* LE_RESTRICT x, uint8_t* LE_RESTRICT act, int64_t n_in) {
@@ -49,18 +58,23 @@ LE_TARGET_AVX512 void pack_act_q8x8(const float* LE_RESTRICT x, uint8_t* LE_REST
     const __m512i ones = _mm512_set1_epi8(1);
     for (int64_t s = 0; s * kStepBlocks < nb; ++s) {
         uint8_t* out = act + s * kActBytes;
-        alignas(64) int8_t codes[32];
-        float d[kStepBlocks];
-        for (int k = 0; k < kStepBlocks; ++k) {
-            const int64_t b = s * kStepBlocks + k;
-            __m128i q_lo = _mm_setzero_si128(), q_hi = _mm_setzero_si128();
-            d[k] = b < nb ? _cvtsh_ss(quantize_block_q8_0(x + 32 * b, q_lo, q_hi)) : 0.0f;
-            _mm_store_si128(reinterpret_cast<__m128i*>(codes), q_lo);
-            _mm_store_si128(reinterpret_cast<__m128i*>(codes + 16), q_hi);
-            for (int v = 0; v < 32; ++v) out[code_offset(k, v)] = uint8_t(codes[v]);
+        alignas(64) int8_t codes[kStepBlocks * QK8_0] = {};  // block after block; missing blocks stay zero
+        alignas(32) float d[kStepBlocks] = {};
+        for (int k = 0; k < kStepBlocks && s * kStepBlocks + k < nb; ++k) {
+            __m128i q_lo, q_hi;
+            d[k] = _cvtsh_ss(quantize_block_q8_0(x + QK8_0 * (s * kStepBlocks + k), q_lo, q_hi));
+            _mm_store_si128(reinterpret_cast<__m128i*>(codes + QK8_0 * k), q_lo);
+            _mm_store_si128(reinterpret_cast<__m128i*>(codes + QK8_0 * k + 16), q_hi);
         }
+        __m512i src[4];
+        for (int i = 0; i < 4; ++i) src[i] = _mm512_load_si512(codes + 64 * i);
+        const __m512i reg[4] = {code_register<0>(src), code_register<4>(src), code_register<2>(src),
+                                code_register<6>(src)};
         __m512i sums = _mm512_setzero_si512();
-        for (int reg = 0; reg < 4; ++reg) sums = _mm512_dpbusd_epi32(sums, ones, _mm512_loadu_si512(out + 64 * reg));
+        for (int r = 0; r < 4; ++r) {
+            _mm512_storeu_si512(out + 64 * r, reg[r]);
+            sums = _mm512_dpbusd_epi32(sums, ones, reg[r]);
+        }
         _mm512_storeu_si512(out + 256, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 3)));
         std::memcpy(out + 320, d, sizeof d);
         std::memset(out + 352, 0, 32);
