@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Native kernel tests, no Python: every compiled SIMD variant against its reference (test_kernels_native.cpp).
-#   1. x86-64 (AVX2 / AVX-512 where the CPU has them) with AddressSanitizer + UndefinedBehaviorSanitizer;
+#   1. x86-64 (AVX2 / AVX-512 where the CPU has them) with AddressSanitizer + UndefinedBehaviorSanitizer, then
+#      with ThreadSanitizer;
 #   2. AArch64 NEON with the dot-product extension, cross-compiled and run under qemu-user.
 # Needs g++; for step 2: g++-aarch64-linux-gnu and qemu-user (apt-get install -y g++-aarch64-linux-gnu qemu-user).
 # Usage: tests/native/run.sh [x86|arm64|all]  (default all; arm64 is skipped with a note if the tools are missing)
@@ -22,6 +23,11 @@ if [[ $which == all || $which == x86 ]]; then
   g++ "${flags[@]}" -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined \
     "$root/tests/native/test_kernels_native.cpp" "${srcs[@]}" -pthread -o "$out/test_kernels_x86_asan"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$out/test_kernels_x86_asan"
+  # The thread pool's claims and hand-offs (test_parallel_for) under ThreadSanitizer.
+  echo "== x86-64, ThreadSanitizer"
+  g++ "${flags[@]}" -O1 -g -fsanitize=thread "$root/tests/native/test_kernels_native.cpp" "${srcs[@]}" -pthread \
+    -o "$out/test_kernels_x86_tsan"
+  TSAN_OPTIONS=halt_on_error=1 "$out/test_kernels_x86_tsan"
 fi
 
 if [[ $which == all || $which == arm64 ]]; then

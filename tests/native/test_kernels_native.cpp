@@ -8,19 +8,26 @@
 //   decode == prefill bit for bit, all-zero rows give zeros, guard cells around the output untouched; and
 //   the largest codes and scales, where narrow integer lanes would saturate;
 //   row kernels (RMSNorm, RoPE, SiLU*mul, GELUs, softmax, add, dot, axpy) on odd lengths with guards;
-//   attention over F32 / F16 / Q8_0 caches for several group sizes, head sizes, windows and empty slots.
+//   attention over F32 / F16 / Q8_0 caches for several group sizes, head sizes, windows and empty slots;
+//   the thread pool: every item run exactly once, in its fixed chunk, with a slow participant's share
+//   taken over, and a chunk's exception rethrown (not per ISA).
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gemm.h"
 #include "isa.h"
 #include "ops.h"
 #include "quants_impl.h"
+#include "threadpool.h"
 
 using namespace le;
 
@@ -320,6 +327,53 @@ void test_attention(ISA isa) {
     }
 }
 
+// ---- thread pool ----------------------------------------------------------------------------------------
+
+void test_parallel_for() {
+    for (int threads : {1, 2, 3, 5}) {
+        set_num_threads(threads);
+        for (int64_t n : {1, 2, 7, 100, 5000}) {
+            for (int64_t min_chunk : {1, 3, 64}) {
+                const std::string at = "parallel_for threads " + std::to_string(threads) + " n " + std::to_string(n) +
+                                       " min_chunk " + std::to_string(min_chunk);
+                std::vector<std::atomic<int>> runs(static_cast<size_t>(n));
+                std::atomic<bool> bad_chunk{false};
+                const auto started = std::chrono::steady_clock::now();
+                parallel_for(
+                    n,
+                    [&](int64_t b, int64_t e) {
+                        if (b < 0 || e > n || b >= e) bad_chunk = true;
+                        // The first chunk is slow: whoever runs it, the rest of its owner's run is taken over.
+                        if (b == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                        for (int64_t i = b; i < e; ++i) runs[size_t(i)].fetch_add(1);
+                    },
+                    min_chunk);
+                check(!bad_chunk, at + ": an empty chunk or one outside [0, n)");
+                bool once = true;
+                for (auto& r : runs) once = once && r.load() == 1;
+                check(once, at + ": every item exactly once");
+                check(std::chrono::steady_clock::now() - started < std::chrono::seconds(5), at + ": finished");
+            }
+        }
+        // A chunk's exception reaches the caller, after every other chunk has run (64 items make at least 32
+        // chunks on 2+ threads, so at most 2 items are skipped).
+        std::atomic<int> finished{0};
+        bool caught = false;
+        try {
+            parallel_for(64, [&](int64_t b, int64_t e) {
+                if (b <= 17 && 17 < e) throw std::runtime_error("chunk failed");
+                finished.fetch_add(int(e - b));
+            });
+        } catch (const std::runtime_error&) {
+            caught = true;
+        }
+        check(caught, "parallel_for threads " + std::to_string(threads) + ": exception rethrown");
+        check(threads == 1 || finished.load() >= 62, "parallel_for threads " + std::to_string(threads) +
+                                                         ": the other chunks ran");
+    }
+    set_num_threads(2);
+}
+
 }  // namespace
 
 int main() {
@@ -340,6 +394,7 @@ int main() {
         test_attention(isa);
         std::printf("%s: %s\n", isa_name(isa), g_failures == before ? "ok" : "MISMATCH");
     }
+    test_parallel_for();
     if (isas.size() == 1) std::printf("only the reference is compiled for this CPU: nothing to compare\n");
     std::printf("%d checks, %d failed\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
