@@ -89,50 +89,91 @@ const OpsKernels& ops_kernels() {
 // W [n_out, n_in] x X [n_tok, n_in] -> Y [n_tok, n_out]
 void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n_out,
             int64_t n_in, int64_t n_tok) {
-    check_weight_type(wt, "matmul");
-    check_block_multiple(wt, n_in, "matmul");
-    require(n_out >= 0 && n_tok >= 0, "matmul", "negative size");
-    if (n_out == 0 || n_tok == 0) return;
+    const MatmulOut out{wt, w, y, n_out};
+    matmul_many(&out, 1, x, n_in, n_tok);
+}
 
-    // Activations in the layout the weight type's kernels want, one row per token, quantized once.
-    const GemmKernels& gk = gemm_kernels(wt);
-    const uint8_t* act;
-    int64_t act_stride;
-    if (gk.pack_act == nullptr) {
-        act = reinterpret_cast<const uint8_t*>(x);
-        act_stride = n_in * int64_t(sizeof(float));
-    } else {
-        act_stride = (gk.act_bytes(n_in) + kActRowAlign - 1) / kActRowAlign * kActRowAlign;
-        std::vector<uint8_t>& scratch = act_scratch();
-        if (int64_t(scratch.size()) < n_tok * act_stride + kActRowAlign)
-            scratch.resize(size_t(n_tok * act_stride + kActRowAlign));
-        const uintptr_t base = reinterpret_cast<uintptr_t>(scratch.data());
-        uint8_t* buf = scratch.data() + ((kActRowAlign - base % kActRowAlign) % kActRowAlign);
+void matmul_many(const MatmulOut* outs, int n_outs, const float* LE_RESTRICT x, int64_t n_in, int64_t n_tok) {
+    require(n_outs >= 0 && n_tok >= 0, "matmul", "negative size");
+    int64_t total_rows = 0;
+    for (int i = 0; i < n_outs; ++i) {
+        check_weight_type(outs[i].wt, "matmul");
+        check_block_multiple(outs[i].wt, n_in, "matmul");
+        require(outs[i].n_out >= 0, "matmul", "negative size");
+        total_rows += outs[i].n_out;
+    }
+    if (total_rows == 0 || n_tok == 0) return;
+
+    // Activations in the layout each weight type's kernels want, one row per token, quantized once per
+    // packer (a Q4_K_M layer's Q4_K Q and K share one; a Q6_K V packs its own).
+    struct Operand {
+        const GemmKernels* gk;
+        const uint8_t* act;
+        int64_t act_stride;
+    };
+    std::vector<Operand> ops(static_cast<size_t>(n_outs));
+    std::vector<int> packed_by(static_cast<size_t>(n_outs));  // entry whose packing entry i reuses
+    int64_t scratch_bytes = 0;
+    for (int i = 0; i < n_outs; ++i) {
+        const GemmKernels& gk = gemm_kernels(outs[i].wt);
+        ops[i] = {&gk, reinterpret_cast<const uint8_t*>(x), n_in * int64_t(sizeof(float))};
+        packed_by[i] = i;
+        if (gk.pack_act == nullptr) continue;
+        for (int j = 0; j < i; ++j)
+            if (ops[j].gk->pack_act == gk.pack_act) packed_by[i] = j;
+        if (packed_by[i] != i) continue;
+        ops[i].act_stride = (gk.act_bytes(n_in) + kActRowAlign - 1) / kActRowAlign * kActRowAlign;
+        scratch_bytes += n_tok * ops[i].act_stride;
+    }
+    std::vector<uint8_t>& scratch = act_scratch();
+    if (int64_t(scratch.size()) < scratch_bytes + kActRowAlign) scratch.resize(size_t(scratch_bytes + kActRowAlign));
+    const uintptr_t base = reinterpret_cast<uintptr_t>(scratch.data());
+    uint8_t* buf = scratch.data() + ((kActRowAlign - base % kActRowAlign) % kActRowAlign);
+    for (int i = 0; i < n_outs; ++i) {
+        if (ops[i].gk->pack_act == nullptr) continue;
+        if (packed_by[i] != i) {  // packed already (j < i): share its rows, keep this weight's own kernels
+            ops[i].act = ops[size_t(packed_by[i])].act;
+            ops[i].act_stride = ops[size_t(packed_by[i])].act_stride;
+            continue;
+        }
+        const Operand& op = ops[i];
+        uint8_t* dst = buf;
         parallel_for(
             n_tok,
             [&](int64_t t0, int64_t t1) {
-                for (int64_t t = t0; t < t1; ++t) gk.pack_act(x + t * n_in, buf + t * act_stride, n_in);
+                for (int64_t t = t0; t < t1; ++t) op.gk->pack_act(x + t * n_in, dst + t * op.act_stride, n_in);
             },
             std::max<int64_t>(1, kMinElemsPerChunk / n_in));
-        act = buf;
+        ops[i].act = buf;
+        buf += n_tok * op.act_stride;
     }
 
-    // Split output rows over threads. Inside a chunk, blocks of rows small enough to stay in L2 meet every
-    // token tile in turn, so weights come from memory once per tile and the kernel reuses them across tokens.
-    const int64_t w_stride = row_size(wt, n_in);
-    const uint8_t* wb = static_cast<const uint8_t*>(w);
-    const int64_t tile = std::clamp<int64_t>(kActTileBytes / act_stride, 1, n_tok);
-    const int64_t row_block = n_tok == 1 ? n_out : std::max<int64_t>(4, kWeightBlockBytes / w_stride / 4 * 4);
+    // One job over the rows of every output, so a small matrix (K, V) shares its start-up with its
+    // neighbours. Inside a chunk, blocks of rows small enough to stay in L2 meet every token tile in turn,
+    // so weights come from memory once per tile and the kernel reuses them across tokens.
+    const auto rows = [&](int i, int64_t r0, int64_t r1) {
+        const MatmulOut& o = outs[i];
+        const Operand& op = ops[size_t(i)];
+        const int64_t w_stride = row_size(o.wt, n_in);
+        const uint8_t* wb = static_cast<const uint8_t*>(o.w);
+        const int64_t tile = std::clamp<int64_t>(kActTileBytes / op.act_stride, 1, n_tok);
+        const int64_t row_block = n_tok == 1 ? o.n_out : std::max<int64_t>(4, kWeightBlockBytes / w_stride / 4 * 4);
+        for (int64_t rb = r0; rb < r1; rb += row_block) {
+            const int64_t re = std::min(r1, rb + row_block);
+            for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
+                const int64_t t1 = std::min(n_tok, t0 + tile);
+                op.gk->gemm(wb + rb * w_stride, w_stride, re - rb, op.act + t0 * op.act_stride, op.act_stride,
+                            t1 - t0, o.y + t0 * o.n_out + rb, o.n_out, n_in);
+            }
+        }
+    };
     parallel_for(
-        n_out,
+        total_rows,
         [&](int64_t r0, int64_t r1) {
-            for (int64_t rb = r0; rb < r1; rb += row_block) {
-                const int64_t re = std::min(r1, rb + row_block);
-                for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
-                    const int64_t t1 = std::min(n_tok, t0 + tile);
-                    gk.gemm(wb + rb * w_stride, w_stride, re - rb, act + t0 * act_stride, act_stride, t1 - t0,
-                            y + t0 * n_out + rb, n_out, n_in);
-                }
+            int64_t first = 0;  // global index of output i's first row
+            for (int i = 0; i < n_outs && first < r1; first += outs[i].n_out, ++i) {
+                const int64_t lo = std::max(r0, first), hi = std::min(r1, first + outs[i].n_out);
+                if (lo < hi) rows(i, lo - first, hi - first);
             }
         },
         std::max<int64_t>(1, kMinMacsPerChunk / (n_in * n_tok)));

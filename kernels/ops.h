@@ -22,6 +22,17 @@ bool is_weight_type(GGMLType t);
 void matmul(GGMLType wt, const void* LE_RESTRICT w, const float* LE_RESTRICT x, float* LE_RESTRICT y, int64_t n_out,
             int64_t n_in, int64_t n_tok);
 
+// Several weights that read the same X, e.g. a layer's Q, K and V: outs[i].y [n_tok, outs[i].n_out] =
+// X outs[i].w^T, the same bits as separate matmul calls. X is quantized once per activation layout and the
+// rows of all weights are shared out as one job over the thread pool.
+struct MatmulOut {
+    GGMLType wt;
+    const void* w;
+    float* y;
+    int64_t n_out;
+};
+void matmul_many(const MatmulOut* outs, int n_outs, const float* LE_RESTRICT x, int64_t n_in, int64_t n_tok);
+
 // W [n_rows, n_in] of type wt, ids [n] -> Y [n, n_in] (dequantized rows). Throws std::out_of_range.
 void get_rows(GGMLType wt, const void* LE_RESTRICT w, int64_t n_rows, int64_t n_in, const int32_t* LE_RESTRICT ids,
               int64_t n, float* LE_RESTRICT y);

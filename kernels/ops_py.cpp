@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -162,23 +163,43 @@ private:
     bool held_ = false;
 };
 
-py::array_t<float> py_matmul(const py::object& w_obj, int w_type, const py::object& x_obj) {
-    const char* fn = "matmul";
-    const GGMLType wt = weight_type(w_type, fn);
+// Y_i = X W_i^T for weights that share x, as one job; names[i] names weight i in errors.
+std::vector<py::array_t<float>> matmuls(const std::vector<py::object>& ws, const std::vector<int>& w_types,
+                                        const std::vector<std::string>& names, const py::object& x_obj,
+                                        const char* fn) {
     py::array x = checked(x_obj, fn, "x", kF32, 1, 2);
     const int64_t n_in = dim(x, -1), n_tok = x.ndim() == 2 ? dim(x, 0) : 1;
-    check_row_length(wt, n_in, fn, "x.shape[-1] (n_in)");
-    WeightBuffer w(w_obj, fn, "w");
-    const int64_t n_out = w.rows(wt, n_in, fn, "w");
-    py::array_t<float> y = x.ndim() == 2 ? py::array_t<float>({py::ssize_t(n_tok), py::ssize_t(n_out)})
-                                         : py::array_t<float>({py::ssize_t(n_out)});
-    float* yp = y.mutable_data();
+    std::vector<std::unique_ptr<WeightBuffer>> held;  // keeps each buffer exported while the kernels read it
+    std::vector<le::MatmulOut> outs;
+    std::vector<py::array_t<float>> ys;
+    for (size_t i = 0; i < ws.size(); ++i) {
+        const GGMLType wt = weight_type(w_types[i], fn);
+        check_row_length(wt, n_in, fn, "x.shape[-1] (n_in)");
+        held.push_back(std::make_unique<WeightBuffer>(ws[i], fn, names[i].c_str()));
+        const int64_t n_out = held.back()->rows(wt, n_in, fn, names[i].c_str());
+        ys.push_back(x.ndim() == 2 ? py::array_t<float>({py::ssize_t(n_tok), py::ssize_t(n_out)})
+                                   : py::array_t<float>({py::ssize_t(n_out)}));
+        outs.push_back({wt, held.back()->data(), ys.back().mutable_data(), n_out});
+    }
     const float* xp = cf32(x);
     {
         py::gil_scoped_release nogil;
-        le::matmul(wt, w.data(), xp, yp, n_out, n_in, n_tok);
+        le::matmul_many(outs.data(), int(outs.size()), xp, n_in, n_tok);
     }
-    return y;
+    return ys;
+}
+
+py::array_t<float> py_matmul(const py::object& w_obj, int w_type, const py::object& x_obj) {
+    return matmuls({w_obj}, {w_type}, {"w"}, x_obj, "matmul")[0];
+}
+
+py::tuple py_matmul_many(const std::vector<py::object>& ws, const std::vector<int>& w_types, const py::object& x_obj) {
+    if (ws.size() != w_types.size())
+        throw py::value_error("matmul_many: " + std::to_string(ws.size()) + " weights but " +
+                              std::to_string(w_types.size()) + " types");
+    std::vector<std::string> names;
+    for (size_t i = 0; i < ws.size(); ++i) names.push_back("ws[" + std::to_string(i) + "]");
+    return py::cast(matmuls(ws, w_types, names, x_obj, "matmul_many"));
 }
 
 py::array_t<float> py_get_rows(const py::object& w_obj, int w_type, int64_t n_in, const py::object& ids_obj) {
@@ -394,6 +415,10 @@ void register_ops(py::module_& m) {
           "Y = X W^T. w: GGML rows of w_type (uint8 [n_out, row_bytes] or f32/f16 [n_out, n_in], or any\n"
           "C-contiguous buffer of n_out whole rows; read-only memmap views are used in place).\n"
           "x: float32 [n_tok, n_in] or [n_in]. Returns float32 [n_tok, n_out] or [n_out].");
+    m.def("matmul_many", &py_matmul_many, py::arg("ws"), py::arg("w_types"), py::arg("x"),
+          "Y_i = X W_i^T for weights that share x (a layer's Q, K and V): a tuple of float32 outputs, each as\n"
+          "matmul(ws[i], w_types[i], x) returns it, bit for bit. x is quantized once per activation layout\n"
+          "and all the weights' rows are shared out over the threads as one job.");
     m.def("get_rows", &py_get_rows, py::arg("w"), py::arg("w_type"), py::arg("n_in"), py::arg("ids"),
           "Embedding lookup: dequantized rows ids (int32 [n]) of w -> float32 [n, n_in]. IndexError if an id\n"
           "is out of range.");

@@ -91,6 +91,47 @@ def test_matmul_same_bits_for_any_tokens_and_threads(t, threads):
         np.testing.assert_array_equal(K.matmul(q, int(t), x[i]), y1[i])  # 1-D x -> 1-D y
 
 
+@pytest.mark.parametrize("n_tok", [1, 3, 129])
+def test_matmul_many_same_bits_as_separate_calls(n_tok, threads):
+    """Weights of different types (so different activation packings, some shared) and sizes, one job."""
+    rng = np.random.default_rng(4)
+    # Q4_K and Q5_K share one packing, as Q4_0 and Q8_0 do on some ISAs
+    types = [
+        GGMLType.Q4_K,
+        GGMLType.Q5_K,
+        GGMLType.Q6_K,
+        GGMLType.Q4_0,
+        GGMLType.F16,
+        GGMLType.Q8_0,
+        GGMLType.Q4_K,
+    ]
+    ws = [
+        quantized(t, rng.standard_normal((n_out, 512)).astype(np.float32))[0]
+        for t, n_out in zip(types, [96, 1, 33, 64, 5, 130, 7], strict=True)
+    ]
+    x = rng.standard_normal((n_tok, 512)).astype(np.float32)
+    for n_threads in (1, 2, 3):
+        K.set_num_threads(n_threads)
+        ys = K.matmul_many(ws, [int(t) for t in types], x)
+        assert isinstance(ys, tuple) and len(ys) == len(ws)
+        for y, w, t in zip(ys, ws, types, strict=True):
+            np.testing.assert_array_equal(y, K.matmul(w, int(t), x))
+        for y, w, t in zip(K.matmul_many(ws, [int(t) for t in types], x[0]), ws, types, strict=True):
+            np.testing.assert_array_equal(y, K.matmul(w, int(t), x[0]))  # 1-D x -> 1-D outputs
+    assert K.matmul_many([], [], x) == ()
+
+
+def test_matmul_many_errors_name_the_weight():
+    x = np.zeros((2, 256), np.float32)
+    good = np.zeros((4, row_bytes(GGMLType.Q4_K, 256)), np.uint8)
+    with pytest.raises(ValueError, match="2 weights but 1 types"):
+        K.matmul_many([good, good], [int(GGMLType.Q4_K)], x)
+    with pytest.raises(ValueError, match=r"ws\[1\] holds 100 bytes"):
+        K.matmul_many([good, np.zeros(100, np.uint8)], [int(GGMLType.Q4_K)] * 2, x)
+    with pytest.raises(ValueError, match="unsupported weight type 99"):
+        K.matmul_many([good, good], [int(GGMLType.Q4_K), 99], x)
+
+
 def test_matmul_weights_in_place_from_readonly_memmap(tmp_path):
     rng = np.random.default_rng(3)
     w = rng.standard_normal((33, 256)).astype(np.float32)
@@ -605,6 +646,12 @@ for t in [0, 1, 30, 2, 8, 12, 13, 14]:
         out[f"mm_{t}_{nb}"] = y
         # decode == prefill, bit for bit, for a token inside a micro-tile and one in a tail
         same_bits.append(all(np.array_equal(K.matmul(q, t, x[i]), y[i]) for i in (1, 6)))
+# every type in one matmul_many: the same bits as separate calls, whichever packings this ISA shares
+types = [0, 1, 30, 2, 8, 12, 13, 14]
+ws = [K.quantize(t, rng.standard_normal((9, 512)).astype(np.float32)) for t in types]
+x = rng.standard_normal((5, 512)).astype(np.float32)
+ys = K.matmul_many(ws, types, x)
+same_bits.append(all(np.array_equal(y, K.matmul(w, t, x)) for y, w, t in zip(ys, ws, types)))
 for kv in ["f32", "f16", "q8_0"]:
     shapes = [(4, 4, 32, 0), (8, 2, 64, 0), (4, 1, 32, 5), (6, 2, 128, 9), (8, 1, 32, 0), (3, 3, 17, 0)]
     for n_head, n_kv, hd, window in shapes:
@@ -672,7 +719,7 @@ def ref_ops(tmp_path_factory):
 def test_forced_isa_ops_match_reference(isa, ref_ops, tmp_path):
     got = _run_isa_ops(isa, tmp_path / f"{isa}.npz")
     assert str(got["isa"]) == isa
-    assert got["same_bits"].all(), "decode and prefill must give the same bits"
+    assert got["same_bits"].all(), "decode and prefill, and matmul_many and matmul, must give the same bits"
     for key, ref in ref_ops.items():
         if key in ("isa", "same_bits"):
             continue
