@@ -14,8 +14,8 @@ void set_num_threads(int n);
 // Physical cores available to this process (hyperthread siblings counted once); at least 1.
 int physical_cores();
 
-// fn(begin, end) over [0, n_items) split into contiguous chunks of at least min_chunk items (a few per
-// thread); the calling thread runs chunks too. Chunk bounds depend only on n_items, min_chunk and the thread
+// fn(begin, end) over [0, n_items) split into contiguous chunks (a few per thread, and no more than
+// ceil(n_items / min_chunk) of them); the calling thread runs chunks too. Chunk bounds depend only on n_items, min_chunk and the thread
 // count; which thread runs a chunk does not matter. Returns when every chunk is done; rethrows the first
 // exception a chunk threw. Calls from several threads are serialised; a call from inside a chunk runs
 // inline on that thread (no nested parallelism, no deadlock).
