@@ -9,8 +9,8 @@
 //   the largest codes and scales, where narrow integer lanes would saturate;
 //   row kernels (RMSNorm, RoPE, SiLU*mul, GELUs, softmax, add, dot, axpy) on odd lengths with guards;
 //   attention over F32 / F16 / Q8_0 caches for several group sizes, head sizes, windows and empty slots;
-//   the thread pool: every item run exactly once, in its fixed chunk, with a slow participant's share
-//   taken over, and a chunk's exception rethrown (not per ISA).
+//   the thread pool: every item run exactly once and no chunk empty or out of range, also while one slow
+//   chunk holds its thread up, and a chunk's exception rethrown after the others ran (not per ISA).
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -343,7 +343,7 @@ void test_parallel_for() {
                     n,
                     [&](int64_t b, int64_t e) {
                         if (b < 0 || e > n || b >= e) bad_chunk = true;
-                        // The first chunk is slow: whoever runs it, the rest of its owner's run is taken over.
+                        // The first chunk is slow: the others finish their runs and steal from its owner's.
                         if (b == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
                         for (int64_t i = b; i < e; ++i) runs[size_t(i)].fetch_add(1);
                     },
