@@ -240,5 +240,9 @@ def test_a_thousand_answers_do_not_grow_memory(llava_bundles, tmp_path):
         if i == 49:
             baseline = rss_bytes()
     growth = rss_bytes() - baseline
-    assert growth < 20 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 950 answers"
+    # Under AddressSanitizer (.ci/asan.sh) every freed block waits in a quarantine of up to 256 MB before it
+    # is reused, so RSS there grows with the allocations made, leak or not (31 MB over this loop once). That
+    # run still checks the loop for memory errors; the normal run of the suite checks the growth.
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        assert growth < 20 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 950 answers"
     assert model.vision_calls == 3  # each distinct picture through the tower once
