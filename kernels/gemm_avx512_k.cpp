@@ -224,7 +224,13 @@ LE_TARGET_AVX512 void micro_k(const uint8_t* LE_RESTRICT w, int64_t w_stride, co
         KQuad Q;
         W::quad(wb, w_stride, R, Q);
         __m512 dd[T];  // [d_r * d_t, dmin_r * d_t] pairs
-        for (int t = 0; t < T; ++t) dd[t] = _mm512_mul_ps(Q.dd, _mm512_set1_ps(*reinterpret_cast<const float*>(a + t * act_stride + 256)));
+        // The same in memory: a row's scale is then a broadcast load rather than a permute on the vector pipes
+        // (Q6_K and Q5_K prefill, one core: 5-6% faster; Q4_K the same).
+        alignas(64) float ddv[T][16];
+        for (int t = 0; t < T; ++t) {
+            dd[t] = _mm512_mul_ps(Q.dd, _mm512_set1_ps(*reinterpret_cast<const float*>(a + t * act_stride + 256)));
+            _mm512_store_ps(ddv[t], dd[t]);
+        }
         if (W::kHasMin) {
             // lane 4r + j: -dmin_r * d_t against the j-th pair-sum of mins_r x sums_t
             const __m512i dmin_idx = _mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1);
@@ -257,7 +263,7 @@ LE_TARGET_AVX512 void micro_k(const uint8_t* LE_RESTRICT w, int64_t w_stride, co
                 isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_packs_epi32(x[2], x[3]), Rw.s1);
             }
             for (int t = 0; t < T; ++t) {
-                const __m512 s = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r), dd[t]);
+                const __m512 s = _mm512_set1_ps(ddv[t][2 * r]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), s, acc[r][t]);
             }
         }
